@@ -1,0 +1,82 @@
+"""Users and their API tokens. Tokens are shown once at creation and stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from memory.schema import ApiToken, Role, User, utcnow
+
+BOOTSTRAP_ADMIN = "bootstrap-admin"
+BOOTSTRAP_LABEL = "bootstrap"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: what authentication hands to the rest of the system."""
+
+    user_id: int
+    name: str
+    role: Role
+
+
+def new_token() -> str:
+    return "ha_" + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """The principal owning ``token``, or None when it is unknown, revoked or its user disabled."""
+    if not token:
+        return None
+    digest = hash_token(token)
+    row = session.execute(
+        select(ApiToken, User)
+        .join(User, ApiToken.user_id == User.id)
+        .where(ApiToken.token_sha256 == digest)
+    ).first()
+    if row is None:
+        return None
+    api_token, user = row
+    # The lookup is by digest; compare again in constant time so timing says nothing of near misses.
+    if not hmac.compare_digest(api_token.token_sha256, digest):
+        return None
+    if api_token.revoked_at is not None or user.disabled:
+        return None
+    return Principal(user_id=user.id, name=user.name, role=user.role)
+
+
+def set_bootstrap_token(session: Session, token: str) -> Principal:
+    """Make ``token`` the one valid bootstrap-admin token, creating the admin on first use."""
+    user = session.scalar(select(User).where(User.name == BOOTSTRAP_ADMIN))
+    if user is None:
+        user = User(name=BOOTSTRAP_ADMIN, role=Role.admin, disabled=False)
+        session.add(user)
+        session.flush()
+    now = utcnow()
+    for old in session.scalars(
+        select(ApiToken).where(
+            ApiToken.user_id == user.id,
+            ApiToken.label == BOOTSTRAP_LABEL,
+            ApiToken.revoked_at.is_(None),
+        )
+    ):
+        old.revoked_at = now
+    digest = hash_token(token)
+    existing = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
+    if existing is not None:
+        if existing.user_id != user.id:
+            raise ValueError("the bootstrap token is already in use by another user")
+        existing.revoked_at = None
+    else:
+        session.add(ApiToken(user_id=user.id, token_sha256=digest, label=BOOTSTRAP_LABEL))
+    session.flush()
+    return Principal(user_id=user.id, name=user.name, role=user.role)

@@ -1,0 +1,78 @@
+"""H-LoRA: a linear layer with several resident low-rank plugins, each a soft mixture of experts.
+
+For the active plugin: ``y = W x + b + s * B (repeat_interleave(softmax(R x), t) * (A x))`` with one
+A ``[r, in]``, one B ``[out, r]``, a router R ``[experts, in]``, ``t = r / experts`` and
+``s = alpha / r * experts``. Expert k owns rank rows ``[k t, (k+1) t)``. Routing is per token and
+dense, so the plugin cannot be merged into W.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class HLoRAPlugin(nn.Module):
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: int, experts: int) -> None:
+        super().__init__()
+        if r % experts:
+            raise ValueError(f"rank {r} is not divisible by {experts} experts")
+        self.rank_per_expert = r // experts
+        self.scaling = alpha / r * experts
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        self.lora_route = nn.Linear(in_features, experts, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)  # a fresh plugin starts as the identity of the base layer
+        nn.init.kaiming_uniform_(self.lora_route.weight, a=math.sqrt(5))
+
+    def delta(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        gate = torch.softmax(self.lora_route(x), dim=-1).to(dtype)
+        gate = torch.repeat_interleave(gate, self.rank_per_expert, dim=-1)
+        return self.lora_B(gate * (self.lora_A(x) * self.scaling))
+
+
+class HLoRALinear(nn.Module):
+    """Wraps a base ``nn.Linear``; ``active`` names the plugin applied (None = the bare base layer)."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.plugins = nn.ModuleDict()
+        self.active: str | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def add_plugin(self, name: str, r: int, alpha: int, experts: int) -> HLoRAPlugin:
+        plugin = HLoRAPlugin(self.in_features, self.out_features, r, alpha, experts)
+        plugin.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
+        self.plugins[name] = plugin
+        return plugin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.active is None:
+            return y
+        return y + self.plugins[self.active].delta(x, y.dtype)
+
+
+def wrap_linears(model: nn.Module, leaf_names: set[str]) -> dict[str, HLoRALinear]:
+    """Replace every ``nn.Linear`` whose last name component is in ``leaf_names``; returns them by name."""
+    wrapped: dict[str, HLoRALinear] = {}
+    for full_name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in leaf_names and isinstance(child, nn.Linear):
+                layer = HLoRALinear(child)
+                setattr(module, child_name, layer)
+                wrapped[f"{full_name}.{child_name}" if full_name else child_name] = layer
+    if not wrapped:
+        raise ValueError(f"no linear layers named {sorted(leaf_names)} found")
+    return wrapped

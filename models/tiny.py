@@ -1,0 +1,173 @@
+"""A tiny HealthGPT with random weights, built from a seed, in the same on-disk formats as the released
+model (Hugging Face backbone and CLIP folders, plugin weight files under the official key names, a spec
+YAML). It runs everywhere in seconds; its answers are noise and are labelled ``demo_weights``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from models.healthgpt import HLORA_TARGETS
+from models.spec import ModelSpec, PluginSpec
+from models.weights import OFFICIAL_PREFIX, write_state_dict
+
+SPEC_FILE = "healthgpt.yaml"
+PHI3_SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+VQ_TOKENS = 64
+
+# A small vocabulary of the field, so the byte-level BPE learns a few real merges.
+_CORPUS = [
+    "The chest X-ray shows no focal consolidation, effusion or pneumothorax.",
+    "MRI of the brain: no acute infarct, haemorrhage or mass effect.",
+    "CT abdomen with contrast: the liver, spleen and kidneys are unremarkable.",
+    "Patient reports headache, fever and a cough for three days.",
+    "Optical coherence tomography of the retina shows normal foveal contour.",
+    "Pathology slide: benign tissue without atypia. Impression: normal study.",
+    "What does this image show? Describe the findings and the impression.",
+]
+
+
+def _build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<s>", "<|endoftext|>"],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL})
+    # HealthGPT's added tokens: VQ start/end, one token per VQ codebook entry, the row separator.
+    tokenizer.add_tokens(
+        ["<start_index>", *(f"<idx_{k}>" for k in range(VQ_TOKENS)), "<end_index>", "<pixel_newline>"]
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def _random_plugin_state(backbone: Phi3ForCausalLM, plugin: PluginSpec, vision_width: int) -> dict:
+    """Plugin tensors under the official key names, with a non-zero B so the plugin changes outputs."""
+    state: dict[str, torch.Tensor] = {}
+    targets = HLORA_TARGETS["phi3"]
+    for name, module in backbone.named_modules():
+        if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear):
+            key = OFFICIAL_PREFIX + name
+            state[f"{key}.lora_A.weight"] = torch.randn(plugin.r, module.in_features) * 0.1
+            state[f"{key}.lora_B.weight"] = torch.randn(module.out_features, plugin.r) * 0.1
+            state[f"{key}.lora_route.weight"] = torch.randn(plugin.experts, module.in_features) * 0.1
+    hidden = backbone.config.hidden_size
+    projector = {
+        "0.weight": torch.randn(hidden, vision_width) * 0.05,
+        "0.bias": torch.zeros(hidden),
+        "2.weight": torch.randn(hidden, hidden) * 0.05,
+        "2.bias": torch.zeros(hidden),
+    }
+    for key, tensor in projector.items():
+        state[f"{OFFICIAL_PREFIX}model.mm_projector.{key}"] = tensor
+    return state
+
+
+def build_tiny(out_dir: Path, seed: int = 0) -> Path:
+    """Write a complete tiny model under ``out_dir`` (atomically) and return its spec path."""
+    spec_path = out_dir / SPEC_FILE
+    if spec_path.is_file():
+        return spec_path
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        torch.manual_seed(seed)
+        tokenizer = _build_tokenizer(staging / "backbone")
+        eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|assistant|>", "<|end|>")]
+        config = Phi3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=eos[0],
+            pad_token_id=eos[0],
+            tie_word_embeddings=False,
+        )
+        backbone = Phi3ForCausalLM(config)
+        backbone.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos[0]
+        )
+        backbone.save_pretrained(staging / "backbone")
+
+        vision_config = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            projection_dim=32,
+        )
+        CLIPVisionModel(vision_config).save_pretrained(staging / "vision")
+        CLIPImageProcessor(
+            size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+        ).save_pretrained(staging / "vision")
+
+        plugins = {
+            "comprehension": PluginSpec(
+                task="comprehension", weights=[Path("comprehension.safetensors")],
+                r=8, alpha=16, experts=4, vision_layer=-2,
+            ),
+            "generation": PluginSpec(
+                task="generation", weights=[Path("generation.safetensors")],
+                r=8, alpha=16, experts=4, vision_layer=1,
+            ),
+        }
+        for name, plugin in plugins.items():
+            state = _random_plugin_state(backbone, plugin, vision_config.hidden_size)
+            write_state_dict(state, staging / plugin.weights[0])
+
+        spec = ModelSpec(
+            name=f"tiny-seed{seed}",
+            backbone=Path("backbone"),
+            vision_tower=Path("vision"),
+            template="phi3_instruct",
+            vq_tokens=VQ_TOKENS,
+            dtype="float32",
+            plugins=plugins,
+            adapter_version=f"tiny-seed{seed}-v1",
+            demo_weights=True,
+        )
+        spec.to_yaml(staging / SPEC_FILE)
+        if out_dir.exists():  # another process won the race; keep its copy
+            shutil.rmtree(staging)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return spec_path
+
+
+def resolve_spec(model_spec: str, model_dir: Path, seed: int = 0) -> ModelSpec:
+    """``'tiny'`` builds (once) and loads the seeded tiny model; anything else is a spec YAML path."""
+    if model_spec == "tiny":
+        return ModelSpec.from_yaml(build_tiny(model_dir / f"tiny-seed{seed}", seed))
+    return ModelSpec.from_yaml(model_spec)

@@ -1,0 +1,123 @@
+"""The one settings object: a YAML file, overridden by ``HEALTHAGENT_*`` environment variables.
+
+Precedence (highest first): explicit keyword arguments, environment, YAML file, defaults.
+Nested keys use ``__`` in the environment, e.g. ``HEALTHAGENT_RAY__NUM_CPUS=4``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "HEALTHAGENT_CONFIG"
+
+
+class RaySettings(BaseModel):
+    """How ``healthagent serve`` reaches Ray."""
+
+    address: str | None = Field(
+        default=None, description="Ray cluster address; empty starts a local Ray in this process."
+    )
+    num_cpus: int | None = Field(default=None, description="CPUs for a local Ray (None = all).")
+    model_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per HealthGPT replica.")
+    model_num_cpus: float = Field(default=1.0, ge=0)
+    model_replicas: int = Field(default=1, ge=1)
+    gateway_num_cpus: float = Field(default=0.5, ge=0)
+    gateway_replicas: int = Field(default=1, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything the service needs to start. See ``configs/local.yaml`` for the embedded profile."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEALTHAGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    profile: Literal["embedded", "production"] = "embedded"
+    data_dir: Path = Path("var")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty = SQLite file under data_dir."
+    )
+    checkpoint_url: str = Field(
+        default="",
+        description="LangGraph checkpointer: a postgresql:// URL or a SQLite path; empty = "
+        "the database_url when it is PostgreSQL, else SQLite under data_dir.",
+    )
+    redis_url: str = Field(default="", description="redis:// URL; empty = in-process (embedded).")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_spec: str = Field(
+        default="tiny",
+        description="'tiny' (random demo weights built from a seed) or a path to a model spec YAML.",
+    )
+    model_seed: int = 0
+    max_new_tokens: int = Field(default=48, ge=1, le=4096)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_message_chars: int = Field(default=8000, ge=1)
+    bootstrap_token: SecretStr | None = Field(
+        default=None, description="Bootstrap admin token; generated and printed once if unset."
+    )
+    ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _production_needs_real_services(self) -> Settings:
+        if self.profile == "production":
+            if not self.database_url.startswith("postgresql"):
+                raise ValueError("profile 'production' needs a PostgreSQL database_url")
+            if not self.redis_url:
+                raise ValueError("profile 'production' needs a redis_url")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'healthagent.db').resolve()}"
+
+    @property
+    def resolved_checkpoint_url(self) -> str:
+        if self.checkpoint_url:
+            return self.checkpoint_url
+        if self.resolved_database_url.startswith("postgresql"):
+            return self.resolved_database_url
+        return str((self.data_dir / "checkpoints.sqlite").resolve())
+
+    @property
+    def model_dir(self) -> Path:
+        return (self.data_dir / "models").resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file is named by the subclass load_settings() makes; plain Settings() has none.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+    """Settings from ``config_file`` (else ``$HEALTHAGENT_CONFIG``, else none), env and overrides."""
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if path is None:
+        return Settings(**overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file not found: {path}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**Settings.model_config, yaml_file=path)
+
+    loaded = _FromFile(**overrides)
+    # Hand back the plain class so the object pickles (Ray ships settings to replicas).
+    return Settings.model_validate(dict(loaded))
