@@ -39,9 +39,7 @@ def authenticate(session: Session, token: str) -> Principal | None:
         return None
     digest = hash_token(token)
     row = session.execute(
-        select(ApiToken, User)
-        .join(User, ApiToken.user_id == User.id)
-        .where(ApiToken.token_sha256 == digest)
+        select(ApiToken, User).join(User, ApiToken.user_id == User.id).where(ApiToken.token_sha256 == digest)
     ).first()
     if row is None:
         return None

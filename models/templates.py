@@ -23,13 +23,7 @@ class Template:
     def prompt(self, user_message: str, assistant_prefix: str = "") -> str:
         """The prompt for one user turn, ending where the assistant starts to speak."""
         return (
-            self.system
-            + self.sep
-            + self.user
-            + user_message
-            + self.sep
-            + self.assistant
-            + assistant_prefix
+            self.system + self.sep + self.user + user_message + self.sep + self.assistant + assistant_prefix
         )
 
 

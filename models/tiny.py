@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     GenerationConfig,
@@ -126,21 +126,29 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
             projection_dim=32,
         )
         CLIPVisionModel(vision_config).save_pretrained(staging / "vision")
-        CLIPImageProcessor(
+        CLIPImageProcessorPil(
             size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
         ).save_pretrained(staging / "vision")
 
         plugins = {
             "comprehension": PluginSpec(
-                task="comprehension", weights=[Path("comprehension.safetensors")],
-                r=8, alpha=16, experts=4, vision_layer=-2,
+                task="comprehension",
+                weights=[Path("comprehension.safetensors")],
+                r=8,
+                alpha=16,
+                experts=4,
+                vision_layer=-2,
             ),
             "generation": PluginSpec(
-                task="generation", weights=[Path("generation.safetensors")],
-                r=8, alpha=16, experts=4, vision_layer=1,
+                task="generation",
+                weights=[Path("generation.safetensors")],
+                r=8,
+                alpha=16,
+                experts=4,
+                vision_layer=1,
             ),
         }
-        for name, plugin in plugins.items():
+        for plugin in plugins.values():
             state = _random_plugin_state(backbone, plugin, vision_config.hidden_size)
             write_state_dict(state, staging / plugin.weights[0])
 

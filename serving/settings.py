@@ -38,15 +38,11 @@ class RaySettings(BaseModel):
 class Settings(BaseSettings):
     """Everything the service needs to start. See ``configs/local.yaml`` for the embedded profile."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="HEALTHAGENT_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="HEALTHAGENT_", env_nested_delimiter="__", extra="forbid")
 
     profile: Literal["embedded", "production"] = "embedded"
     data_dir: Path = Path("var")
-    database_url: str = Field(
-        default="", description="SQLAlchemy URL; empty = SQLite file under data_dir."
-    )
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite file under data_dir.")
     checkpoint_url: str = Field(
         default="",
         description="LangGraph checkpointer: a postgresql:// URL or a SQLite path; empty = "
@@ -116,7 +112,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: object) ->
         raise FileNotFoundError(f"settings file not found: {path}")
 
     class _FromFile(Settings):
-        model_config = SettingsConfigDict(**Settings.model_config, yaml_file=path)
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
 
     loaded = _FromFile(**overrides)
     # Hand back the plain class so the object pickles (Ray ships settings to replicas).

@@ -1,0 +1,125 @@
+"""The ``healthagent`` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from serving.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Health Agent: HealthGPT behind Ray Serve and a LangGraph agent.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Settings YAML (default: $HEALTHAGENT_CONFIG, else built-in defaults)."
+    ),
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except (FileNotFoundError, ValueError) as exc:
+        typer.secho(f"settings: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    # Replicas may run with another working directory: ship absolute paths only.
+    updates: dict[str, object] = {"data_dir": settings.data_dir.resolve()}
+    if settings.model_spec != "tiny":
+        updates["model_spec"] = str(Path(settings.model_spec).resolve())
+    return settings.model_copy(update=updates)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Start the Ray Serve application (HealthGPT + gateway) and block until interrupted."""
+    settings = _settings(config, host=host, port=port)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home from a clinic
+    started = time.perf_counter()
+
+    from memory.db import make_session_factory, transaction
+    from memory.migrate import SchemaOutOfDate
+    from memory.users import new_token, set_bootstrap_token
+    from models.tiny import resolve_spec
+    from serving.services import prepare_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = prepare_database(settings)
+    except SchemaOutOfDate as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    token_given = settings.bootstrap_token is not None
+    token = settings.bootstrap_token.get_secret_value() if token_given else new_token()
+    with transaction(make_session_factory(engine)) as session:
+        set_bootstrap_token(session, token)
+    engine.dispose()
+    # Build the demo model once here so that replicas only load it.
+    resolve_spec(settings.model_spec, settings.model_dir, settings.model_seed)
+
+    import ray
+    from ray import serve
+
+    from serving.deployments import build_application
+
+    ray.init(
+        address=settings.ray.address,
+        num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_application(settings), name="healthagent", route_prefix="/", blocking=False)
+        url = f"http://{settings.host}:{settings.port}"
+        typer.echo(f"Health Agent is ready at {url}  (API docs: {url}/docs)")
+        typer.echo(f"started in {time.perf_counter() - started:.1f} s")
+        if token_given:
+            typer.echo("bootstrap admin token: (from HEALTHAGENT_BOOTSTRAP_TOKEN)")
+        else:
+            typer.echo(f"bootstrap admin token: {token}")
+            typer.echo(
+                "  (shown once; it is replaced at the next start unless HEALTHAGENT_BOOTSTRAP_TOKEN is set)"
+            )
+        sys.stdout.flush()
+        stop.wait()
+        typer.echo("shutting down ...")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Migrate the database to the current schema."""
+    from memory.db import make_engine
+    from memory.migrate import current_revision, upgrade
+
+    settings = _settings(config)
+    engine = make_engine(settings.resolved_database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    typer.echo(f"database schema: {before or 'empty'} -> {current_revision(engine)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,71 @@
+"""Ray Serve deployments: the HealthGPT model replica and the ingress running the gateway + agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.settings import Settings
+from tools.healthgpt import AskRequest, AskResult, ModelHealth
+
+
+@serve.deployment(name="HealthGPT", health_check_period_s=15, health_check_timeout_s=60)
+class HealthGPTDeployment:
+    """One replica = one copy of the base model with every plugin resident (a GPU where there is one)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import torch
+
+        from models.healthgpt import HealthGPT
+        from models.tiny import resolve_spec
+        from tools.healthgpt import InProcessHealthGPT
+
+        config = Settings.model_validate(settings)
+        spec = resolve_spec(config.model_spec, config.model_dir, config.model_seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.client = InProcessHealthGPT(HealthGPT(spec, device=device))
+
+    def ask(self, request: AskRequest) -> AskResult:
+        return self.client.ask(request)
+
+    def health(self) -> ModelHealth:
+        return self.client.health()
+
+    def check_health(self) -> None:
+        """Ray Serve's replica health check: a real forward pass, so a wedged model is replaced."""
+        self.client.health()
+
+
+@serve.deployment(name="Gateway")
+@serve.ingress()
+class Gateway:
+    def __init__(self, settings: dict[str, Any], model: DeploymentHandle) -> None:
+        from serving.services import build_services
+        from tools.healthgpt import RayServeHealthGPT
+
+        self.services = build_services(Settings.model_validate(settings), RayServeHealthGPT(model))
+
+    def __serve_build_asgi_app__(self):
+        from serving.gateway import create_app
+
+        return create_app(self.services)
+
+    def __del__(self) -> None:
+        services = getattr(self, "services", None)
+        if services is not None:
+            services.close()
+
+
+def build_application(settings: Settings):
+    """The Ray Serve application graph: Gateway -> HealthGPT."""
+    ray = settings.ray
+    shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})
+    model = HealthGPTDeployment.options(
+        num_replicas=ray.model_replicas,
+        ray_actor_options={"num_cpus": ray.model_num_cpus, "num_gpus": ray.model_num_gpus},
+    ).bind(shipped)
+    return Gateway.options(
+        num_replicas=ray.gateway_replicas, ray_actor_options={"num_cpus": ray.gateway_num_cpus}
+    ).bind(shipped, model)

@@ -1,0 +1,78 @@
+"""Composition root of the gateway: builds the objects a replica holds for its lifetime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from agents.graph import build_graph
+from memory.cache import make_redis
+from memory.checkpoints import Checkpointer, open_checkpointer
+from memory.db import make_engine, make_session_factory, ping
+from memory.migrate import require_up_to_date, upgrade
+from serving.settings import Settings
+from tools.healthgpt import HealthGPTClient
+
+
+@dataclass
+class GatewayServices:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    model: HealthGPTClient
+    checkpointer: Checkpointer
+    graph: Any
+    redis: redis.Redis | None
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency's state ("ok" or the error); ready when all are ok."""
+        checks: dict[str, str] = {}
+        for name, check in (
+            ("database", lambda: ping(self.engine)),
+            ("model", self.model.health),
+            ("redis", (lambda: self.redis.ping()) if self.redis is not None else None),
+        ):
+            if check is None:
+                checks[name] = "not configured (embedded)"
+                continue
+            try:
+                check()
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready; report it
+                checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+        return checks
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        if self.redis is not None:
+            self.redis.close()
+        self.engine.dispose()
+
+
+def prepare_database(settings: Settings) -> Engine:
+    """The embedded profile migrates on start; production refuses an unmigrated database."""
+    engine = make_engine(settings.resolved_database_url)
+    if settings.profile == "embedded":
+        upgrade(engine)
+    else:
+        require_up_to_date(engine)
+    return engine
+
+
+def build_services(settings: Settings, model: HealthGPTClient) -> GatewayServices:
+    engine = make_engine(settings.resolved_database_url)
+    require_up_to_date(engine)  # `healthagent serve` migrated (embedded) or checked (production)
+    checkpointer = open_checkpointer(settings.resolved_checkpoint_url)
+    return GatewayServices(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        model=model,
+        checkpointer=checkpointer,
+        graph=build_graph(model, checkpointer.saver),
+        redis=make_redis(settings.redis_url) if settings.redis_url else None,
+    )
