@@ -1,0 +1,84 @@
+"""Shared fixtures: the tiny model, and both databases.
+
+Service-backed fixtures read TEST_DATABASE_URL / TEST_REDIS_URL. Without them the tests skip, unless
+HEALTHAGENT_REQUIRE_SERVICES=1 (as .ci/run sets), where a missing or unreachable service fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from memory.db import normalise_url
+from models.healthgpt import HealthGPT
+from models.spec import ModelSpec
+from models.tiny import build_tiny
+
+REQUIRE_SERVICES = os.environ.get("HEALTHAGENT_REQUIRE_SERVICES") == "1"
+
+
+def service_unavailable(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (HEALTHAGENT_REQUIRE_SERVICES=1: service-backed tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+    return ModelSpec.from_yaml(build_tiny(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_spec: ModelSpec) -> HealthGPT:
+    return HealthGPT(tiny_spec)
+
+
+def _postgres_schema_url(base_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema per test, so runs never see each other's tables."""
+    url = normalise_url(base_url)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means the service is unusable
+        admin.dispose()
+        service_unavailable(f"PostgreSQL at TEST_DATABASE_URL is unreachable: {exc}")
+    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        service_unavailable("TEST_DATABASE_URL is not set")
+    yield from _postgres_schema_url(base)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        service_unavailable("TEST_REDIS_URL is not set")
+    return url

@@ -1,0 +1,54 @@
+"""H-LoRA layer math against its closed form."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.hlora import HLoRALinear, wrap_linears
+
+
+def test_forward_matches_closed_form() -> None:
+    torch.manual_seed(0)
+    base = nn.Linear(12, 10, bias=True)
+    layer = HLoRALinear(base)
+    plugin = layer.add_plugin("p", r=8, alpha=16, experts=4)
+    nn.init.normal_(plugin.lora_B.weight)
+    x = torch.randn(3, 5, 12)
+
+    layer.active = None
+    assert torch.equal(layer(x), base(x))
+
+    layer.active = "p"
+    got = layer(x)
+    scaling, t = 16 / 8 * 4, 2
+    gate = torch.softmax(x @ plugin.lora_route.weight.T, dim=-1)
+    expected = base(x)
+    for k in range(4):
+        a_k = plugin.lora_A.weight[k * t : (k + 1) * t]
+        b_k = plugin.lora_B.weight[:, k * t : (k + 1) * t]
+        expected = expected + scaling * gate[..., k : k + 1] * (x @ a_k.T @ b_k.T)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_plugin_is_identity_and_plugins_are_independent() -> None:
+    torch.manual_seed(1)
+    layer = HLoRALinear(nn.Linear(6, 6))
+    layer.add_plugin("a", r=4, alpha=8, experts=2)
+    other = layer.add_plugin("b", r=4, alpha=8, experts=2)
+    x = torch.randn(2, 6)
+    layer.active = "a"
+    torch.testing.assert_close(layer(x), layer.base(x))  # B starts at zero
+    nn.init.normal_(other.lora_B.weight)
+    torch.testing.assert_close(layer(x), layer.base(x))  # b's weights do not leak into a
+    layer.active = "b"
+    assert not torch.allclose(layer(x), layer.base(x))
+
+
+def test_wrap_linears_replaces_only_named_leaves() -> None:
+    model = nn.Sequential()
+    model.add_module("o_proj", nn.Linear(4, 4))
+    model.add_module("lm_head", nn.Linear(4, 4))
+    wrapped = wrap_linears(model, {"o_proj"})
+    assert list(wrapped) == ["o_proj"]
+    assert isinstance(model.o_proj, HLoRALinear) and isinstance(model.lm_head, nn.Linear)
