@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         default=None, description="Bootstrap admin token; generated and printed once if unset."
     )
     ray: RaySettings = RaySettings()
+
+    @field_validator("bootstrap_token", mode="after")
+    @classmethod
+    def _strong_bootstrap_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty (e.g. an unset compose variable) means "generate one"
+        if len(value.get_secret_value()) < 24:
+            raise ValueError("bootstrap_token must be at least 24 characters")
+        return value
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:
