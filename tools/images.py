@@ -12,6 +12,11 @@ ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"}
 MAX_PIXELS = 64 * 1024 * 1024  # far above any study frame; stops decompression bombs
 
 
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10: a 128-byte preamble, then the magic ``DICM``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 class UnsupportedImage(ValueError):
     """The bytes are not an image this system accepts; the message says why, for the user."""
 
@@ -20,6 +25,9 @@ def decode_image(data: bytes) -> Image.Image:
     """Decode and fully load ``data`` as an RGB image, or raise :class:`UnsupportedImage`."""
     if not data:
         raise UnsupportedImage("the image file is empty")
+    if is_dicom(data):
+        # Some DICOM preambles are valid TIFF headers; never let a study slip past de-identification.
+        raise UnsupportedImage("DICOM files are not accepted as plain images; use the DICOM upload")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -48,6 +48,7 @@ def test_rejects_dicom_as_a_plain_image() -> None:
     """DICOM has its own ingest path (de-identification first); it is never decoded as a picture."""
     import pydicom.data
 
-    path = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
-    with pytest.raises(UnsupportedImage):
-        decode_image(path.read_bytes())
+    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG-lossy.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"):
+        path = Path(pydicom.data.get_testdata_file(name))
+        with pytest.raises(UnsupportedImage, match="DICOM"):
+            decode_image(path.read_bytes())
