@@ -1,23 +1,29 @@
 """HealthGPT: one LLM backbone, a CLIP tower, and every H-LoRA plugin resident at once.
 
-Each plugin brings its own H-LoRA weights, its own ``mlp2x_gelu`` projector and its CLIP layer
-(hierarchical visual perception: a deep layer for comprehension, a shallow one for generation).
+Each plugin brings its own H-LoRA weights, its own ``mlp2x_gelu`` projector, its CLIP layer
+(hierarchical visual perception: a deep layer for comprehension, a shallow one for generation) and,
+optionally, its own embedding and output-head tables (the official fusion file overrides both). Every
+row of a batch names its plugin; rows of different plugins share one forward pass.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel
+from torch.nn import functional as F
+from transformers import AutoModelForCausalLM, CLIPImageProcessorPil, CLIPVisionModel, DynamicCache
 
-from models.hlora import HLoRALinear, wrap_linears
+from models.hlora import HLoRALinear, Routing, wrap_linears
 from models.spec import ModelSpec, PluginSpec
 from models.templates import IMAGE_PLACEHOLDER, get_template, user_message
+from models.tokenizer import Tokenizer, load_tokenizer
 from models.weights import LoadReport, read_state_dict, strip_official_prefix
 
 # Linear layers the official code adapts, per backbone architecture (lm_head never).
@@ -25,7 +31,14 @@ HLORA_TARGETS: dict[str, set[str]] = {
     "phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"},
     "qwen2": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 }
-GENERATION_PROMPT_SUFFIX = "<start_index>"
+IMAGE_TOKEN_INDEX = -200  # the official placeholder id where image features are spliced in
+START_INDEX, END_INDEX, PIXEL_NEWLINE = "<start_index>", "<end_index>", "<pixel_newline>"
+EMBED_KEY, HEAD_KEY = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def vq_token_names(count: int) -> list[str]:
+    """HealthGPT's added tokens, in the official order (their ids follow the tokenizer's)."""
+    return [START_INDEX, *(f"<idx_{k}>" for k in range(count)), END_INDEX, PIXEL_NEWLINE]
 
 
 def build_projector(vision_width: int, hidden: int) -> nn.Sequential:
@@ -47,51 +60,102 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
 @dataclass(frozen=True)
 class Answer:
     text: str
-    token_ids: list[int]
+    token_ids: list[int]  # generated ids only, including the stop token if one ended generation
     plugin: str
     prompt_tokens: int
     seconds: float
 
 
+@dataclass(frozen=True)
+class Score:
+    answer_token_ids: list[int]
+    logprobs: list[float]
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+@dataclass
+class Request:
+    """One row of a batch."""
+
+    question: str
+    image: Image.Image | None = None
+    plugin: str = "comprehension"
+    max_new_tokens: int = 64
+    constrain_vq: int | None = None  # generate exactly this many VQ tokens, then <end_index>
+    generated: list[int] = field(default_factory=list)
+
+
 class HealthGPT:
-    """Loads a :class:`ModelSpec` and answers one request at a time (the batching engine is issue 6)."""
+    """Loads a :class:`ModelSpec`; answers and scores requests, batched across plugins."""
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.dtype = getattr(torch, spec.dtype)
         self.template = get_template(spec.template)
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.backbone)
-        self.llm = AutoModelForCausalLM.from_pretrained(spec.backbone, dtype=self.dtype)
+        for path in (spec.backbone, spec.vision_tower):
+            if not path.is_dir():
+                raise FileNotFoundError(f"model folder not found: {path}")
+        self.tokenizer: Tokenizer = load_tokenizer(spec.backbone)
+        self.llm = AutoModelForCausalLM.from_pretrained(
+            spec.backbone, dtype=self.dtype, attn_implementation="eager"
+        )
         arch = self.llm.config.model_type
         if arch not in HLORA_TARGETS:
             raise ValueError(f"unsupported backbone architecture {arch!r}")
-        if self.llm.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            raise ValueError(
-                f"backbone has {self.llm.get_input_embeddings().num_embeddings} embeddings but the "
-                f"tokenizer has {len(self.tokenizer)} tokens"
-            )
-        self.vision = CLIPVisionModel.from_pretrained(spec.vision_tower, dtype=self.dtype)
+        if spec.template != "qwen_2":  # the official Qwen path adds no VQ tokens
+            self._add_vq_tokens(spec.vq_tokens)
+        self.vision = CLIPVisionModel.from_pretrained(
+            spec.vision_tower, dtype=self.dtype, attn_implementation="eager"
+        )
         # The PIL processor is the official path (bicubic PIL resize); it needs no torchvision.
         self.image_processor = CLIPImageProcessorPil.from_pretrained(spec.vision_tower)
         self.image_fill = tuple(int(m * 255) for m in self.image_processor.image_mean)
         self.layers: dict[str, HLoRALinear] = wrap_linears(self.llm, HLORA_TARGETS[arch])
         self.projectors = nn.ModuleDict()
+        self.overrides: dict[str, dict[str, torch.Tensor]] = {}
         self.load_reports: dict[str, LoadReport] = {}
         for name, plugin in spec.plugins.items():
             self._add_plugin(name, plugin)
         self.llm.to(self.device).eval()
         self.vision.to(self.device).eval()
         self.projectors.to(device=self.device, dtype=self.dtype).eval()
+        self.overrides = {
+            name: {k: v.to(device=self.device, dtype=self.dtype) for k, v in tables.items()}
+            for name, tables in self.overrides.items()
+        }
         self.eos_token_ids = self._eos_token_ids()
-        # One request at a time: the active plugin is model-wide state until per-row plugins land.
+        vq_start = self.tokenizer.token_to_id("<idx_0>")
+        self.vq_token_ids = (
+            torch.arange(vq_start, vq_start + spec.vq_tokens, device=self.device)
+            if vq_start is not None
+            else None
+        )
+        # Routing is model-wide state for the duration of one forward pass.
         self._lock = threading.Lock()
+
+    # -- construction -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _add_vq_tokens(self, count: int) -> None:
+        """Add the VQ tokens and give their rows (and every row after the original tokenizer's) the
+        mean of the rows before them, in the input embedding and the output head, as the official code."""
+        if self.tokenizer.token_to_id(START_INDEX) is not None:
+            return
+        names = vq_token_names(count)
+        self.tokenizer.add_special_tokens(names)
+        # mean_resizing=False: the rows are overwritten below (and its covariance fit is slow at 8k rows).
+        self.llm.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        for table in (self.llm.get_input_embeddings().weight, self.llm.get_output_embeddings().weight):
+            table[-len(names) :] = table[: -len(names)].mean(dim=0, keepdim=True)
 
     def _eos_token_ids(self) -> list[int]:
         ids = self.llm.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
-        end = self.tokenizer.convert_tokens_to_ids(self.template.sep)
-        if isinstance(end, int) and end not in ids and end != self.tokenizer.unk_token_id:
+        end = self.tokenizer.token_to_id(self.template.sep.strip())
+        if end is not None and end not in ids:
             ids.append(end)
         if not ids:
             raise ValueError("the backbone names no end-of-sequence token")
@@ -121,14 +185,21 @@ class HealthGPT:
 
     @torch.no_grad()
     def load_plugin_weights(self, name: str, plugin: PluginSpec) -> LoadReport:
-        """Copy the plugin's files (in order, later files win) into its parameters; audit every key."""
+        """Copy the plugin's files (in order, later files win) into its parameters; audit every key.
+
+        ``model.embed_tokens.weight`` / ``lm_head.weight`` (the fusion file) become this plugin's own
+        tables; the shared base model is never modified."""
         targets = self._plugin_parameters(name)
+        tables = {
+            EMBED_KEY: self.llm.get_input_embeddings().weight,
+            HEAD_KEY: self.llm.get_output_embeddings().weight,
+        }
         report = LoadReport(plugin=name, files=[str(p) for p in plugin.weights])
         seen: set[str] = set()
         for path in plugin.weights:
             for raw_key, tensor in read_state_dict(path).items():
                 key = strip_official_prefix(raw_key)
-                target = targets.get(key)
+                target = targets.get(key) if key not in tables else tables[key]
                 if target is None:
                     report.unexpected.append(raw_key)
                     continue
@@ -137,46 +208,214 @@ class HealthGPT:
                         f"{path.name}: {raw_key} has shape {tuple(tensor.shape)}, "
                         f"the model expects {tuple(target.shape)}"
                     )
-                target.copy_(tensor.to(target.dtype))
-                seen.add(key)
+                if key in tables:
+                    self.overrides.setdefault(name, {})[key] = tensor.to(self.dtype).clone()
+                else:
+                    target.copy_(tensor.to(target.dtype))
+                    seen.add(key)
         report.loaded = len(seen)
         report.missing = sorted(set(targets) - seen)
         return report
 
-    def _set_plugin(self, name: str | None) -> None:
-        for layer in self.layers.values():
-            layer.active = name
+    # -- vision -------------------------------------------------------------------------------------
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        square = expand_to_square(image.convert("RGB"), self.image_fill)
+        pixels = self.image_processor(images=square, return_tensors="pt")["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype)
+
+    def _hidden_index(self, layer: int) -> int:
+        count = len(self._vision_parts()[2])
+        index = layer if layer >= 0 else count + 1 + layer
+        if not 0 <= index <= count:
+            raise ValueError(f"vision layer {layer} does not exist in a {count}-layer tower")
+        return index
+
+    def _vision_parts(self) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
+        tower = getattr(self.vision, "vision_model", self.vision)
+        return tower.embeddings, tower.pre_layrnorm, tower.encoder.layers
+
+    @torch.no_grad()
+    def vision_features(self, pixels: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Patch features (CLS dropped) of each requested hidden-state layer, running the tower only as
+        deep as the deepest of them (hidden state k = output of encoder layer k, 0 = embeddings)."""
+        embeddings, pre_norm, encoder_layers = self._vision_parts()
+        wanted = {layer: self._hidden_index(layer) for layer in layers}
+        hidden = pre_norm(embeddings(pixels))
+        states = [hidden]
+        for encoder_layer in encoder_layers[: max(wanted.values())]:
+            hidden = encoder_layer(hidden, None)
+            states.append(hidden)
+        return {layer: states[index][:, 1:] for layer, index in wanted.items()}
 
     @torch.no_grad()
     def image_features(self, image: Image.Image, plugin: str) -> torch.Tensor:
         """Projected patch features ``[1, patches, hidden]`` from the plugin's CLIP layer."""
-        square = expand_to_square(image.convert("RGB"), self.image_fill)
-        pixels = self.image_processor(images=square, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
-        hidden = self.vision(pixels, output_hidden_states=True).hidden_states
-        patches = hidden[self.spec.plugins[plugin].vision_layer][:, 1:]  # drop CLS
-        return self.projectors[plugin](patches)
+        layer = self.spec.plugins[plugin].vision_layer
+        return self.projectors[plugin](self.vision_features(self.pixel_values(image), [layer])[layer])
 
+    # -- prompts ------------------------------------------------------------------------------------
     def prompt_for(self, question: str, has_image: bool, plugin: str) -> str:
-        suffix = GENERATION_PROMPT_SUFFIX if self.spec.plugins[plugin].task == "generation" else ""
+        suffix = START_INDEX if self.spec.plugins[plugin].task == "generation" else ""
         return self.template.prompt(user_message(question, has_image), suffix)
 
-    def _prompt_embeddings(self, prompt: str, image_features: torch.Tensor | None) -> torch.Tensor:
-        chunks = prompt.split(IMAGE_PLACEHOLDER)
-        if (image_features is None) != (len(chunks) == 1):
+    def input_ids(self, prompt: str) -> list[int]:
+        """Token ids with one ``IMAGE_TOKEN_INDEX`` per image placeholder; only the first chunk keeps
+        the BOS token (the official ``tokenizer_image_token``)."""
+        chunks = [self.tokenizer.encode(chunk) for chunk in prompt.split(IMAGE_PLACEHOLDER)]
+        bos = self.tokenizer.bos_token_id
+        offset = 1 if chunks and chunks[0] and chunks[0][0] == bos and bos is not None else 0
+        ids = list(chunks[0])
+        for chunk in chunks[1:]:
+            ids.append(IMAGE_TOKEN_INDEX)
+            ids.extend(chunk[offset:])
+        return ids
+
+    def _embed(self, ids: torch.Tensor, plugin: str) -> torch.Tensor:
+        table = self.overrides.get(plugin, {}).get(EMBED_KEY)
+        return F.embedding(ids, table) if table is not None else self.llm.get_input_embeddings()(ids)
+
+    def _prompt_embeddings(
+        self, ids: list[int], image_features: torch.Tensor | None, plugin: str
+    ) -> torch.Tensor:
+        """``[length, hidden]``: text embeddings with the image features spliced in at the placeholder."""
+        placeholders = ids.count(IMAGE_TOKEN_INDEX)
+        if placeholders != (0 if image_features is None else 1):
             raise ValueError("the prompt must hold exactly one image placeholder when an image is given")
-        embed = self.llm.get_input_embeddings()
-        pieces: list[torch.Tensor] = []
-        for index, chunk in enumerate(chunks):
-            # Only the first chunk carries the tokenizer's BOS (if it adds one).
-            ids = self.tokenizer(chunk, add_special_tokens=index == 0)["input_ids"]
-            if index > 0:
-                pieces.append(image_features[0])
-            if ids:
-                pieces.append(embed(torch.tensor(ids, device=self.device)))
-        return torch.cat(pieces, dim=0).unsqueeze(0)
+        if image_features is None:
+            return self._embed(torch.tensor(ids, device=self.device), plugin)
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        before = self._embed(torch.tensor(ids[:at], device=self.device), plugin)
+        after = self._embed(torch.tensor(ids[at + 1 :], device=self.device), plugin)
+        return torch.cat([before, image_features[0], after], dim=0)
+
+    # -- forward ------------------------------------------------------------------------------------
+    @contextmanager
+    def _routed(self, plugins: Sequence[str]) -> Iterator[None]:
+        routing: Routing
+        if len(set(plugins)) == 1:
+            routing = [(plugins[0], None)]
+        else:
+            routing = [
+                (name, torch.tensor([i for i, p in enumerate(plugins) if p == name], device=self.device))
+                for name in dict.fromkeys(plugins)
+            ]
+        for layer in self.layers.values():
+            layer.routing = routing
+        try:
+            yield
+        finally:
+            for layer in self.layers.values():
+                layer.routing = None
+
+    def _logits(self, hidden: torch.Tensor, plugins: Sequence[str]) -> torch.Tensor:
+        """Each row through its plugin's output head (the base head unless the plugin overrides it)."""
+        base = self.llm.get_output_embeddings().weight
+        heads = [self.overrides.get(p, {}).get(HEAD_KEY, base) for p in plugins]
+        if all(head is heads[0] for head in heads):
+            return F.linear(hidden, heads[0])
+        return torch.stack([F.linear(row, head) for row, head in zip(hidden, heads, strict=True)])
+
+    def _forward(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        plugins: Sequence[str],
+        cache: DynamicCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        with self._routed(plugins):
+            out = self.llm.model(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+        return self._logits(out.last_hidden_state, plugins)
+
+    # -- public API ---------------------------------------------------------------------------------
+    def _check(self, plugin: str, max_new_tokens: int) -> None:
+        if plugin not in self.spec.plugins:
+            raise ValueError(f"unknown plugin {plugin!r}; this model has {sorted(self.spec.plugins)}")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
 
     @torch.no_grad()
+    def generate(self, requests: Sequence[Request]) -> list[Answer]:
+        """Greedy decoding of a batch (left-padded, each row with its own plugin)."""
+        for request in requests:
+            self._check(request.plugin, request.max_new_tokens)
+        started = time.perf_counter()
+        with self._lock:
+            rows = []
+            for r in requests:
+                features = self.image_features(r.image, r.plugin) if r.image is not None else None
+                ids = self.input_ids(self.prompt_for(r.question, r.image is not None, r.plugin))
+                rows.append(self._prompt_embeddings(ids, features, r.plugin))
+            plugins = [r.plugin for r in requests]
+            longest = max(row.shape[0] for row in rows)
+            hidden = rows[0].shape[1]
+            embeds = torch.zeros(len(rows), longest, hidden, dtype=self.dtype, device=self.device)
+            mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+            for i, row in enumerate(rows):
+                embeds[i, longest - row.shape[0] :] = row
+                mask[i, longest - row.shape[0] :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.llm.config)
+            logits = self._forward(embeds, mask, plugins, cache, positions)[:, -1]
+            outputs: list[list[int]] = [[] for _ in requests]
+            done = [False] * len(requests)
+            limit = max(r.max_new_tokens for r in requests)
+            for _ in range(limit):
+                next_ids = [self._choose(logits[i], requests[i], outputs[i]) for i in range(len(requests))]
+                for i, token in enumerate(next_ids):
+                    if done[i]:
+                        continue
+                    outputs[i].append(token)
+                    if token in self.eos_token_ids or len(outputs[i]) >= requests[i].max_new_tokens:
+                        done[i] = True
+                if all(done):
+                    break
+                step = torch.stack(
+                    [
+                        self._embed(torch.tensor([t], device=self.device), p)[0]
+                        for t, p in zip(next_ids, plugins, strict=True)
+                    ]
+                ).unsqueeze(1)
+                mask = torch.cat(
+                    [mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=self.device)], dim=1
+                )
+                positions = positions[:, -1:] + 1
+                logits = self._forward(step, mask, plugins, cache, positions)[:, -1]
+        seconds = time.perf_counter() - started
+        return [
+            Answer(
+                text=self._text(out),
+                token_ids=out,
+                plugin=r.plugin,
+                prompt_tokens=row.shape[0],
+                seconds=seconds,
+            )
+            for r, out, row in zip(requests, outputs, rows, strict=True)
+        ]
+
+    def _choose(self, logits: torch.Tensor, request: Request, so_far: list[int]) -> int:
+        if request.constrain_vq is None or self.vq_token_ids is None:
+            return int(torch.argmax(logits))
+        if len(so_far) < request.constrain_vq:  # only VQ tokens until the grid is full
+            return int(self.vq_token_ids[torch.argmax(logits[self.vq_token_ids])])
+        if len(so_far) == request.constrain_vq:
+            return self.tokenizer.token_to_id(END_INDEX)
+        return self.eos_token_ids[-1]
+
+    def _text(self, token_ids: list[int]) -> str:
+        """The answer text: everything before the first stop token, special tokens dropped."""
+        for position, token in enumerate(token_ids):
+            if token in self.eos_token_ids:
+                token_ids = token_ids[:position]
+                break
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
     def ask(
         self,
         question: str,
@@ -184,40 +423,44 @@ class HealthGPT:
         plugin: str = "comprehension",
         max_new_tokens: int = 64,
     ) -> Answer:
-        if plugin not in self.spec.plugins:
-            raise ValueError(f"unknown plugin {plugin!r}; this model has {sorted(self.spec.plugins)}")
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        started = time.perf_counter()
+        return self.generate([Request(question, image, plugin, max_new_tokens)])[0]
+
+    def vq_indices(self, token_ids: Sequence[int]) -> list[int]:
+        """VQ codebook indices of the ``<idx_k>`` tokens among ``token_ids`` (others are ignored)."""
+        if self.vq_token_ids is None:
+            raise ValueError("this model has no VQ tokens")
+        start = int(self.vq_token_ids[0])
+        return [t - start for t in token_ids if start <= t < start + self.spec.vq_tokens]
+
+    @torch.no_grad()
+    def teacher_forced_logits(
+        self, question: str, answer: str, image: Image.Image | None = None, plugin: str = "comprehension"
+    ) -> tuple[torch.Tensor, list[int], list[int]]:
+        """Logits ``[1, length, vocab]`` over prompt + answer + the template's end separator, with the
+        answer's token ids and their positions in the embedded sequence."""
+        self._check(plugin, 1)
+        prompt = self.prompt_for(question, image is not None, plugin)
+        prompt_ids = self.input_ids(prompt)
+        full_ids = self.input_ids(prompt + answer + self.template.sep)
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("the answer changes how the prompt tokenizes; cannot score it")
+        answer_ids = full_ids[len(prompt_ids) :]
         with self._lock:
-            self._set_plugin(plugin)
-            try:
-                features = self.image_features(image, plugin) if image is not None else None
-                embeds = self._prompt_embeddings(
-                    self.prompt_for(question, image is not None, plugin), features
-                )
-                output = self.llm.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=self.eos_token_ids,
-                    pad_token_id=self.eos_token_ids[0],
-                )
-            finally:
-                self._set_plugin(None)
-        token_ids = output[0].tolist()  # generate() with inputs_embeds returns only the new tokens
-        answer_ids = token_ids
-        for position, token in enumerate(token_ids):
-            if token in self.eos_token_ids:
-                answer_ids = token_ids[:position]
-                break
-        text = self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-        return Answer(
-            text=text,
-            token_ids=token_ids,
-            plugin=plugin,
-            prompt_tokens=embeds.shape[1],
-            seconds=time.perf_counter() - started,
+            features = self.image_features(image, plugin) if image is not None else None
+            embeds = self._prompt_embeddings(full_ids, features, plugin).unsqueeze(0)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
+            positions = torch.arange(embeds.shape[1], device=self.device).unsqueeze(0)
+            logits = self._forward(embeds, mask, [plugin], None, positions)
+        first = embeds.shape[1] - len(answer_ids)
+        return logits, answer_ids, list(range(first, embeds.shape[1]))
+
+    def score(
+        self, question: str, answer: str, image: Image.Image | None = None, plugin: str = "comprehension"
+    ) -> Score:
+        """Log-probability of each answer token given everything before it (multiple-choice VQA)."""
+        logits, answer_ids, positions = self.teacher_forced_logits(question, answer, image, plugin)
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        return Score(
+            answer_token_ids=answer_ids,
+            logprobs=[float(logprobs[p - 1, t]) for p, t in zip(positions, answer_ids, strict=True)],
         )

@@ -55,11 +55,8 @@ def _build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL})
-    # HealthGPT's added tokens: VQ start/end, one token per VQ codebook entry, the row separator.
-    tokenizer.add_tokens(
-        ["<start_index>", *(f"<idx_{k}>" for k in range(VQ_TOKENS)), "<end_index>", "<pixel_newline>"]
-    )
+    # Chat tokens are plain added tokens: HealthGPT adds its VQ tokens on load, as with the real Phi-3.
+    tokenizer.add_tokens(PHI3_SPECIAL, special_tokens=True)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

@@ -29,6 +29,17 @@ def service_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+OFFICIAL_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-tiny"
+
+
+@pytest.fixture(scope="session")
+def official_tiny() -> Path:
+    """The golden outputs of the official HealthGPT code on tiny random weights (read, never copied)."""
+    if not (OFFICIAL_TINY / "healthgpt.yaml").is_file():
+        service_unavailable(f"official fixtures not found at {OFFICIAL_TINY}")
+    return OFFICIAL_TINY
+
+
 @pytest.fixture(scope="session")
 def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
     return ModelSpec.from_yaml(build_tiny(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0))

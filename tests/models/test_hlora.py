@@ -16,10 +16,10 @@ def test_forward_matches_closed_form() -> None:
     nn.init.normal_(plugin.lora_B.weight)
     x = torch.randn(3, 5, 12)
 
-    layer.active = None
+    layer.routing = None
     assert torch.equal(layer(x), base(x))
 
-    layer.active = "p"
+    layer.routing = [("p", None)]
     got = layer(x)
     scaling, t = 16 / 8 * 4, 2
     gate = torch.softmax(x @ plugin.lora_route.weight.T, dim=-1)
@@ -37,11 +37,11 @@ def test_fresh_plugin_is_identity_and_plugins_are_independent() -> None:
     layer.add_plugin("a", r=4, alpha=8, experts=2)
     other = layer.add_plugin("b", r=4, alpha=8, experts=2)
     x = torch.randn(2, 6)
-    layer.active = "a"
+    layer.routing = [("a", None)]
     torch.testing.assert_close(layer(x), layer.base(x))  # B starts at zero
     nn.init.normal_(other.lora_B.weight)
     torch.testing.assert_close(layer(x), layer.base(x))  # b's weights do not leak into a
-    layer.active = "b"
+    layer.routing = [("b", None)]
     assert not torch.allclose(layer(x), layer.base(x))
 
 
@@ -52,3 +52,19 @@ def test_wrap_linears_replaces_only_named_leaves() -> None:
     wrapped = wrap_linears(model, {"o_proj"})
     assert list(wrapped) == ["o_proj"]
     assert isinstance(model.o_proj, HLoRALinear) and isinstance(model.lm_head, nn.Linear)
+
+
+def test_rows_use_their_own_plugin() -> None:
+    torch.manual_seed(2)
+    layer = HLoRALinear(nn.Linear(6, 5))
+    for name in ("a", "b"):
+        nn.init.normal_(layer.add_plugin(name, r=4, alpha=8, experts=2).lora_B.weight)
+    x = torch.randn(3, 7, 6)
+    alone = {}
+    for name in ("a", "b"):
+        layer.routing = [(name, None)]
+        alone[name] = layer(x)
+    layer.routing = [("a", torch.tensor([0, 2])), ("b", torch.tensor([1]))]
+    mixed = layer(x)
+    torch.testing.assert_close(mixed[[0, 2]], alone["a"][[0, 2]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[1], alone["b"][1], rtol=0, atol=1e-6)
