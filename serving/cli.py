@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from serving.model_cli import model_app
 from serving.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
 
 ConfigOption = Annotated[
     Path | None,

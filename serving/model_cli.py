@@ -1,0 +1,111 @@
+"""``healthagent model …``: run a HealthGPT model spec directly (no server), e.g. against the
+released weights or the official fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+model_app = typer.Typer(help="Run a HealthGPT model spec in this process.", no_args_is_help=True)
+
+SpecOption = Annotated[
+    str, typer.Option("--spec", help="Model spec YAML, or 'tiny' for the seeded demo model.")
+]
+ImageOption = Annotated[Path | None, typer.Option("--image", help="An image file (PNG, JPEG, ...).")]
+PluginOption = Annotated[str, typer.Option("--plugin", help="Plugin name from the spec.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _load(spec: str, data_dir: Path = Path("var")):
+    from models.healthgpt import HealthGPT
+    from models.tiny import resolve_spec
+
+    try:
+        return HealthGPT(resolve_spec(spec, data_dir.resolve() / "models"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(f"cannot load model: {exc}") from exc
+
+
+def _image(path: Path | None):
+    if path is None:
+        return None
+    from tools.images import UnsupportedImage, decode_image
+
+    try:
+        return decode_image(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise _fail(f"image not found: {path}") from exc
+    except UnsupportedImage as exc:
+        raise _fail(f"{path}: {exc}") from exc
+
+
+def _emit(payload: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload))
+    else:
+        for key, value in payload.items():
+            typer.echo(f"{key}: {value}")
+
+
+@model_app.command()
+def ask(
+    question: Annotated[str, typer.Option("--question", help="The question or instruction.")],
+    spec: SpecOption = "tiny",
+    image: ImageOption = None,
+    plugin: PluginOption = "comprehension",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    as_json: JsonFlag = False,
+) -> None:
+    """Greedy answer: the generated token ids and their text."""
+    model = _load(spec)
+    picture = _image(image)
+    try:
+        answer = model.ask(question, picture, plugin=plugin, max_new_tokens=max_new_tokens)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    _emit(
+        {
+            "text": answer.text,
+            "token_ids": answer.token_ids,
+            "model": model.spec.name,
+            "plugin": plugin,
+            "adapter_version": model.spec.adapter_version,
+            "prompt_tokens": answer.prompt_tokens,
+            "seconds": round(answer.seconds, 4),
+        },
+        as_json,
+    )
+
+
+@model_app.command()
+def score(
+    question: Annotated[str, typer.Option("--question")],
+    answer: Annotated[str, typer.Option("--answer", help="The answer to score (e.g. one choice).")],
+    spec: SpecOption = "tiny",
+    image: ImageOption = None,
+    plugin: PluginOption = "comprehension",
+    as_json: JsonFlag = False,
+) -> None:
+    """Log-probability of each answer token (the answer followed by the template's end separator)."""
+    model = _load(spec)
+    picture = _image(image)
+    try:
+        result = model.score(question, answer, picture, plugin=plugin)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    _emit(
+        {
+            "answer_token_ids": result.answer_token_ids,
+            "logprobs": result.logprobs,
+            "sum_logprob": result.sum_logprob,
+        },
+        as_json,
+    )
