@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +49,11 @@ class ModelSpec(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model spec not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = os.path.expandvars(path.read_text())
+        unset = sorted(set(re.findall(r"\$\{(\w+)\}", text)))
+        if unset:
+            raise ValueError(f"{path}: set the environment variable(s) {', '.join(unset)} it refers to")
+        raw = yaml.safe_load(text) or {}
         spec = cls.model_validate(raw)
         return spec.resolved(path.parent)
 

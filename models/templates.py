@@ -1,9 +1,8 @@
 """Conversation templates of the released HealthGPT models (single-turn prompts).
 
-All are "system + sep, then role + message + sep per turn, the open assistant turn contributes only its
-role string". The Phi-4 and Qwen system prompts are the ones the released checkpoints were run with;
-they are filled in when those presets land (issue 3) - until then asking for them is an error, never a
-silently different prompt.
+All are "system + sep, then role + message + sep per turn; the open assistant turn contributes only its
+role string". The system prompts are the ones the released checkpoints were run with, kept verbatim
+(the Phi-4 one is the model card's sample persona: odd, but it is what L14 saw).
 """
 
 from __future__ import annotations
@@ -33,6 +32,18 @@ TEMPLATES: dict[str, Template] = {
         user="\n<|user|>\n",
         assistant="\n<|assistant|>\n",
         sep="<|end|>",
+    ),
+    "phi4_instruct": Template(
+        system="<|im_start|>system<|im_sep|>\nYou are a medieval knight and must provide explanations to modern people.",
+        user="\n<|im_start|>user<|im_sep|>\n",
+        assistant="\n<|im_start|>assistant<|im_sep|>\n",
+        sep="<|im_end|>",
+    ),
+    "qwen_2": Template(
+        system="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        user="<|im_start|>user\n",
+        assistant="<|im_start|>assistant\n",
+        sep="<|im_end|>\n",
     ),
 }
 

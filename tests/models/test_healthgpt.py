@@ -76,8 +76,17 @@ def test_phi3_prompt_layout() -> None:
         "<|system|>\nYou are a helpful AI assistant.<|end|>"
         "\n<|user|>\n<image>\nWhat is shown?<|end|>\n<|assistant|>\n"
     )
+    assert get_template("qwen_2").prompt("Q") == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        get_template("phi4_instruct")
+        .prompt("Q")
+        .endswith("<|im_end|>\n<|im_start|>user<|im_sep|>\nQ<|im_end|>\n<|im_start|>assistant<|im_sep|>\n")
+    )
     with pytest.raises(ValueError, match="not available"):
-        get_template("qwen_2")
+        get_template("llama_2")
 
 
 def test_expand_to_square_centres_the_image() -> None:
