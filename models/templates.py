@@ -34,7 +34,8 @@ TEMPLATES: dict[str, Template] = {
         sep="<|end|>",
     ),
     "phi4_instruct": Template(
-        system="<|im_start|>system<|im_sep|>\nYou are a medieval knight and must provide explanations to modern people.",
+        system="<|im_start|>system<|im_sep|>\n"
+        "You are a medieval knight and must provide explanations to modern people.",
         user="\n<|im_start|>user<|im_sep|>\n",
         assistant="\n<|im_start|>assistant<|im_sep|>\n",
         sep="<|im_end|>",
