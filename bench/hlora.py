@@ -31,7 +31,7 @@ M3_LINEARS = [
 RANK, ALPHA, EXPERTS = 64, 128, 4
 
 
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:  # noqa: ANN001 - a thunk
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
@@ -69,7 +69,7 @@ def run(device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
                     continue
                 layer.routing = routing
                 with torch.no_grad():
-                    timings[variant] = _median_seconds(lambda: layer(x), device, repeats)
+                    timings[variant] = _median_seconds(lambda layer=layer, x=x: layer(x), device, repeats)
             layer.routing = None
             row = {
                 "linear": name,
