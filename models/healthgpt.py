@@ -433,6 +433,33 @@ class HealthGPT:
         return [t - start for t in token_ids if start <= t < start + self.spec.vq_tokens]
 
     @torch.no_grad()
+    def generate_image(
+        self, instruction: str, image: Image.Image | None = None, plugin: str = "generation"
+    ) -> tuple[Image.Image, list[int]]:
+        """Image generation: exactly the VQGAN grid's number of VQ tokens (constrained greedy), then the
+        VQGAN decode with the official post-processing. Returns the image and its VQ indices."""
+        if self.spec.plugins.get(plugin) is None or self.spec.plugins[plugin].task != "generation":
+            raise ValueError(f"{plugin!r} is not a generation plugin of this model")
+        vqgan = self._vqgan()
+        cells = vqgan.grid[0] * vqgan.grid[1]
+        if self.spec.vq_tokens > vqgan.n_embed:
+            raise ValueError(f"{self.spec.vq_tokens} VQ tokens but the VQGAN codebook has {vqgan.n_embed}")
+        (answer,) = self.generate([Request(instruction, image, plugin, cells + 2, constrain_vq=cells)])
+        indices = self.vq_indices(answer.token_ids)
+        from models.vqgan import to_uint8_image
+
+        return to_uint8_image(vqgan.decode_indices(indices, vqgan.grid)), indices
+
+    def _vqgan(self):
+        if self.spec.vqgan is None:
+            raise ValueError("this model spec names no vqgan folder")
+        if getattr(self, "_vqgan_model", None) is None:
+            from models.vqgan import load_vqgan
+
+            self._vqgan_model = load_vqgan(self.spec.vqgan, self.device)
+        return self._vqgan_model
+
+    @torch.no_grad()
     def teacher_forced_logits(
         self, question: str, answer: str, image: Image.Image | None = None, plugin: str = "comprehension"
     ) -> tuple[torch.Tensor, list[int], list[int]]:

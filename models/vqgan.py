@@ -292,6 +292,12 @@ class GumbelVQ(nn.Module):
     def n_embed(self) -> int:
         return self.config.n_embed
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The latent grid the decoder expects: resolution / 2^(levels - 1) on each side (32 x 32)."""
+        side = self.config.resolution // 2 ** (len(self.config.ch_mult) - 1)
+        return side, side
+
     def _check_indices(self, indices: Sequence[int] | Tensor | np.ndarray, grid: tuple[int, int]) -> Tensor:
         rows, cols = (int(g) for g in grid)
         if rows <= 0 or cols <= 0:

@@ -109,3 +109,46 @@ def score(
         },
         as_json,
     )
+
+
+@model_app.command()
+def image(
+    instruction: Annotated[str, typer.Option("--instruction", help="e.g. 'Reconstruct the image.'")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PNG.")],
+    spec: SpecOption = "tiny",
+    image: ImageOption = None,
+    plugin: PluginOption = "generation",
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate an image (reconstruction, CT<->MRI, super-resolution, text-to-image)."""
+    model = _load(spec)
+    picture = _image(image)
+    try:
+        generated, indices = model.generate_image(instruction, picture, plugin=plugin)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    generated.save(out)
+    _emit({"out": str(out), "size": list(generated.size), "vq_indices": len(indices)}, as_json)
+
+
+@model_app.command("vq-decode")
+def vq_decode(
+    vqgan: Annotated[Path, typer.Option("--vqgan", help="taming folder with last.ckpt and model.yaml.")],
+    indices: Annotated[Path, typer.Option("--indices", help="JSON list of VQ indices (row-major).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PNG.")],
+) -> None:
+    """Decode VQ indices to an image with the VQGAN (the official post-processing)."""
+    from models.vqgan import load_vqgan, to_uint8_image
+
+    try:
+        values = json.loads(indices.read_text())
+        model = load_vqgan(vqgan)
+        decoded = model.decode_indices(values, model.grid)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise _fail(f"{indices}: {exc}") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_uint8_image(decoded).save(out)
+    typer.echo(str(out))

@@ -66,3 +66,33 @@ def test_bad_inputs_are_clear_errors(official_tiny: Path, tmp_path: Path) -> Non
     assert result.exit_code == 2 and "none.yaml" in result.output
     result = runner.invoke(app, ["model", "ask", "--spec", spec, "--question", "q", "--plugin", "nope"])
     assert result.exit_code == 2 and "unknown plugin" in result.output
+
+
+def test_vq_decode_matches_the_official_png(official_tiny: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    indices = tmp_path / "indices.json"
+    indices.write_text(json.dumps(np.load(official_tiny / "vq_decode" / "indices.npy").reshape(-1).tolist()))
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["model", "vq-decode", "--vqgan", str(official_tiny / "vqgan"),
+                                 "--indices", str(indices), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(out)).astype(int)
+    theirs = np.asarray(Image.open(official_tiny / "vq_decode" / "decoded.png")).astype(int)
+    assert ours.shape == theirs.shape == (256, 256, 3)
+    differing = np.abs(ours - theirs)
+    assert differing.max() <= 1 and (differing > 0).mean() < 1e-3  # the fixture's own thread-count noise
+
+    indices.write_text(json.dumps([0] * 10))
+    result = runner.invoke(app, ["model", "vq-decode", "--vqgan", str(official_tiny / "vqgan"),
+                                 "--indices", str(indices), "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "1024" in result.output
+
+
+def test_image_generation_fills_the_grid(official_tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gen.png"
+    payload = _run("model", "image", "--spec", str(official_tiny / "healthgpt.yaml"),
+                   "--image", str(official_tiny / "image.png"), "--instruction", "Reconstruct the image.",
+                   "--out", str(out), "--json")  # fmt: skip
+    assert payload["vq_indices"] == 1024 and payload["size"] == [256, 256]
+    assert out.is_file()
