@@ -18,7 +18,10 @@ from transformers import (
     GenerationConfig,
     Phi3Config,
     Phi3ForCausalLM,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from models.healthgpt import HLORA_TARGETS
@@ -61,10 +64,10 @@ def _build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _random_plugin_state(backbone: Phi3ForCausalLM, plugin: PluginSpec, vision_width: int) -> dict:
+def _random_plugin_state(backbone: PreTrainedModel, plugin: PluginSpec, vision_width: int) -> dict:
     """Plugin tensors under the official key names, with a non-zero B so the plugin changes outputs."""
     state: dict[str, torch.Tensor] = {}
-    targets = HLORA_TARGETS["phi3"]
+    targets = HLORA_TARGETS[backbone.config.model_type]
     for name, module in backbone.named_modules():
         if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear):
             key = OFFICIAL_PREFIX + name
@@ -83,8 +86,16 @@ def _random_plugin_state(backbone: Phi3ForCausalLM, plugin: PluginSpec, vision_w
     return state
 
 
-def build_tiny(out_dir: Path, seed: int = 0) -> Path:
+# backbone architecture -> (config class, model class, template); Phi-3 is M3/L14's, Qwen2 is XL32's.
+ARCHITECTURES = {
+    "phi3": (Phi3Config, Phi3ForCausalLM, "phi3_instruct"),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, "qwen_2"),
+}
+
+
+def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
     """Write a complete tiny model under ``out_dir`` (atomically) and return its spec path."""
+    config_class, model_class, template = ARCHITECTURES[arch]
     spec_path = out_dir / SPEC_FILE
     if spec_path.is_file():
         return spec_path
@@ -94,7 +105,7 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         tokenizer = _build_tokenizer(staging / "backbone")
         eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|assistant|>", "<|end|>")]
-        config = Phi3Config(
+        config = config_class(
             vocab_size=len(tokenizer),
             hidden_size=64,
             intermediate_size=128,
@@ -107,7 +118,7 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
             pad_token_id=eos[0],
             tie_word_embeddings=False,
         )
-        backbone = Phi3ForCausalLM(config)
+        backbone = model_class(config)
         backbone.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos[0]
         )
@@ -153,7 +164,7 @@ def build_tiny(out_dir: Path, seed: int = 0) -> Path:
             name=f"tiny-seed{seed}",
             backbone=Path("backbone"),
             vision_tower=Path("vision"),
-            template="phi3_instruct",
+            template=template,
             vq_tokens=VQ_TOKENS,
             dtype="float32",
             plugins=plugins,

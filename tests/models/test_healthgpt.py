@@ -121,3 +121,18 @@ def test_plugins_use_their_own_weights_and_vision_layer(tiny_model: HealthGPT) -
     assert tiny_model.prompt_for("x", False, "generation").endswith("<start_index>")
     with pytest.raises(ValueError, match="unknown plugin"):
         tiny_model.ask("x", None, plugin="nope")
+
+
+def test_qwen2_backbone_runs_with_every_projection_adapted(tmp_path: Path) -> None:
+    """XL32's architecture: seven adapted projections per layer, q/k/v with biases, no VQ tokens."""
+    spec = ModelSpec.from_yaml(build_tiny(tmp_path / "qwen", seed=3, arch="qwen2"))
+    model = HealthGPT(spec)
+    assert spec.template == "qwen_2"
+    assert {name.rsplit(".", 1)[-1] for name in model.layers} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+    assert model.layers["model.layers.0.self_attn.q_proj"].base.bias is not None
+    assert model.tokenizer.token_to_id("<start_index>") is None  # the official Qwen path adds none
+    assert all(report.ok for report in model.load_reports.values())
+    answer = model.ask("What is shown?", Image.new("RGB", (30, 60), (5, 5, 5)), max_new_tokens=5)
+    assert 1 <= len(answer.token_ids) <= 5
