@@ -29,14 +29,20 @@ def service_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-OFFICIAL_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-tiny"
+# ../shared/fixtures beside the checkout, or wherever HEALTHAGENT_FIXTURES points.
+OFFICIAL_TINY = (
+    Path(
+        os.environ.get("HEALTHAGENT_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    )
+    / "official-tiny"
+)
 
 
 @pytest.fixture(scope="session")
 def official_tiny() -> Path:
     """The golden outputs of the official HealthGPT code on tiny random weights (read, never copied)."""
     if not (OFFICIAL_TINY / "healthgpt.yaml").is_file():
-        service_unavailable(f"official fixtures not found at {OFFICIAL_TINY}")
+        service_unavailable(f"official fixtures not found at {OFFICIAL_TINY} (set HEALTHAGENT_FIXTURES)")
     return OFFICIAL_TINY
 
 

@@ -6,7 +6,6 @@ Tolerances are the fixture's: decoded float within 1e-4; uint8 pixels equal up t
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import types
@@ -23,20 +22,9 @@ FLOAT_ATOL = 1e-4
 MAX_OFF_BY_ONE_FRACTION = 1e-3
 
 
-def official_tiny_dir() -> Path:
-    """The fixture folder next to the repo (read in place, never copied into it)."""
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official-tiny"
-    if not (root / "vq_decode" / "indices.npy").is_file():
-        reason = f"official fixtures not found at {root}"
-        if os.environ.get("HEALTHAGENT_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (HEALTHAGENT_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    return root
-
-
 @pytest.fixture(scope="module")
-def fixture_dir() -> Path:
-    return official_tiny_dir()
+def fixture_dir(official_tiny: Path) -> Path:
+    return official_tiny
 
 
 @pytest.fixture(scope="module")
