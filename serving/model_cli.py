@@ -4,6 +4,7 @@ released weights or the official fixtures."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +48,16 @@ def _image(path: Path | None):
         raise _fail(f"{path}: {exc}") from exc
 
 
+def _call(spec: str, image: Path | None, run: Callable) -> tuple:
+    """Load the model and the image, run, and turn a model-side ValueError into a clear exit."""
+    model = _load(spec)
+    picture = _image(image)
+    try:
+        return model, run(model, picture)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+
+
 def _emit(payload: dict, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(payload))
@@ -65,12 +76,9 @@ def ask(
     as_json: JsonFlag = False,
 ) -> None:
     """Greedy answer: the generated token ids and their text."""
-    model = _load(spec)
-    picture = _image(image)
-    try:
-        answer = model.ask(question, picture, plugin=plugin, max_new_tokens=max_new_tokens)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    model, answer = _call(
+        spec, image, lambda m, p: m.ask(question, p, plugin=plugin, max_new_tokens=max_new_tokens)
+    )
     _emit(
         {
             "text": answer.text,
@@ -95,12 +103,7 @@ def score(
     as_json: JsonFlag = False,
 ) -> None:
     """Log-probability of each answer token (the answer followed by the template's end separator)."""
-    model = _load(spec)
-    picture = _image(image)
-    try:
-        result = model.score(question, answer, picture, plugin=plugin)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    _, result = _call(spec, image, lambda m, p: m.score(question, answer, p, plugin=plugin))
     _emit(
         {
             "answer_token_ids": result.answer_token_ids,
@@ -121,12 +124,7 @@ def image(
     as_json: JsonFlag = False,
 ) -> None:
     """Generate an image (reconstruction, CT<->MRI, super-resolution, text-to-image)."""
-    model = _load(spec)
-    picture = _image(image)
-    try:
-        generated, indices = model.generate_image(instruction, picture, plugin=plugin)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+    _, (generated, indices) = _call(spec, image, lambda m, p: m.generate_image(instruction, p, plugin=plugin))
     out.parent.mkdir(parents=True, exist_ok=True)
     generated.save(out)
     _emit({"out": str(out), "size": list(generated.size), "vq_indices": len(indices)}, as_json)
