@@ -108,13 +108,32 @@ class SlowSentencePieceTokenizer:
         return added
 
     # -- encoding ---------------------------------------------------------------------------------
+    def _lengths_by_first_char(self) -> dict[str, list[int]]:
+        """Distinct added-token lengths per first character, longest first (cached until tokens change)."""
+        if getattr(self, "_length_index_size", -1) != len(self._added):
+            index: dict[str, set[int]] = {}
+            for token in self._added:
+                index.setdefault(token[0], set()).add(len(token))
+            self._length_index = {c: sorted(lengths, reverse=True) for c, lengths in index.items()}
+            self._length_index_size = len(self._added)
+        return self._length_index
+
     def _split_on_added(self, text: str) -> list[str]:
-        """Split around added tokens (longest match first), then apply their lstrip/rstrip."""
+        """Split around added tokens (longest match first), then apply their lstrip/rstrip.
+
+        Lookups go by first character and length, so 8k VQ tokens cost a few dict probes per '<'."""
+        lengths = self._lengths_by_first_char()
         pieces: list[str] = []
-        by_length = sorted(self._added, key=len, reverse=True)
         start = cursor = 0
         while cursor < len(text):
-            match = next((t for t in by_length if text.startswith(t, cursor)), None)
+            match = next(
+                (
+                    text[cursor : cursor + n]
+                    for n in lengths.get(text[cursor], ())
+                    if text[cursor : cursor + n] in self._added
+                ),
+                None,
+            )
             if match is None:
                 cursor += 1
                 continue
