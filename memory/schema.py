@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Enum, ForeignKey, String
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -48,3 +59,224 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     user: Mapped[User] = relationship(back_populates="tokens")
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Portable: a VARCHAR with a CHECK, the same on PostgreSQL and SQLite; new values need no ALTER TYPE.
+    return Enum(cls, name=name, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
+
+
+class Patient(Base):
+    """A person whose data the system holds. ``user_id`` links the patient's own login, if any."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CareTeamMember(Base):
+    """A physician allowed to see a patient's records."""
+
+    __tablename__ = "care_team"
+
+    physician_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConsultationStatus(enum.StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class Consultation(Base):
+    """One conversation; its id is the LangGraph thread id."""
+
+    __tablename__ = "consultations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    opened_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[ConsultationStatus] = mapped_column(
+        _enum(ConsultationStatus, "consultation_status"), default=ConsultationStatus.open
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(
+        ForeignKey("consultations.id", ondelete="CASCADE"), index=True
+    )
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    author_role: Mapped[str] = mapped_column(String(16))  # patient | physician | admin | assistant
+    content: Mapped[str] = mapped_column(Text)
+    attachments: Mapped[list[str]] = mapped_column(JSON, default=list)  # pixel-store keys
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudySource(enum.StrEnum):
+    upload = "upload"
+    pacs = "pacs"
+
+
+class Study(Base):
+    """An imaging study, de-identified; the pixels live in the content-addressed pixel store."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(400), default="")
+    deidentified_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pixel_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    source: Mapped[StudySource] = mapped_column(
+        _enum(StudySource, "study_source"), default=StudySource.upload
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReadStatus(enum.StrEnum):
+    preliminary = "preliminary"
+    final = "final"
+    amended = "amended"
+
+
+class Read(Base):
+    """A read of a study: the AI draft stays preliminary until a physician signs it."""
+
+    __tablename__ = "reads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    ai_draft: Mapped[str] = mapped_column(Text)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    physician_final: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[ReadStatus] = mapped_column(
+        _enum(ReadStatus, "read_status"), default=ReadStatus.preliminary
+    )
+    signed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeedbackKind(enum.StrEnum):
+    rating = "rating"
+    correction = "correction"
+    preference = "preference"
+
+
+class Feedback(Base):
+    """Feedback on one model output, with the model + plugin + adapter version that produced it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint(
+            "(target_message_id IS NULL) <> (target_read_id IS NULL)", name="feedback_exactly_one_target"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    target_read_id: Mapped[int | None] = mapped_column(ForeignKey("reads.id", ondelete="CASCADE"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[FeedbackKind] = mapped_column(_enum(FeedbackKind, "feedback_kind"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model: Mapped[str] = mapped_column(String(200))
+    plugin: Mapped[str] = mapped_column(String(100))
+    adapter_version: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AdapterStatus(enum.StrEnum):
+    candidate = "candidate"
+    champion = "champion"
+    retired = "retired"
+    rolled_back = "rolled_back"
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("plugin", "version", name="adapter_plugin_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plugin: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(100))
+    files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"), default=None)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[AdapterStatus] = mapped_column(
+        _enum(AdapterStatus, "adapter_status"), default=AdapterStatus.candidate
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobStatus(enum.StrEnum):
+    validating = "validating"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class FineTuneJob(Base):
+    __tablename__ = "finetune_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plugin: Mapped[str] = mapped_column(String(100))
+    requested_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.validating)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result_adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FineTuneJobEvent(Base):
+    __tablename__ = "finetune_job_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("finetune_jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Append-only and hash-chained: ``row_hash = sha256(prev_hash + canonical row)``."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)  # chain position, gap-free
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(Integer, default=None)  # no FK: the log outlives users
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    outcome: Mapped[str] = mapped_column(String(8))  # allowed | denied
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row: the chain's tip. Updating it first serialises appends on PostgreSQL and SQLite alike."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    row_hash: Mapped[str] = mapped_column(String(64))
