@@ -98,7 +98,8 @@ class Consultation(Base):
     __tablename__ = "consultations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    # NULL for staff conversations that concern no patient (no PHI).
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
     opened_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     status: Mapped[ConsultationStatus] = mapped_column(
         _enum(ConsultationStatus, "consultation_status"), default=ConsultationStatus.open

@@ -144,7 +144,7 @@ def upgrade() -> None:
     op.create_table(
         "consultations",
         sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("patient_id", sa.Integer(), nullable=False),
+        sa.Column("patient_id", sa.Integer(), nullable=True),
         sa.Column("opened_by", sa.Integer(), nullable=False),
         sa.Column(
             "status",

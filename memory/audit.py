@@ -1,0 +1,116 @@
+"""The audit log: append-only, each row hashing the previous one, so any edit or deletion shows.
+
+Appends are serialised by updating the single ``audit_head`` row first: PostgreSQL row-locks it until
+commit, SQLite takes its write lock, so two writers can never chain onto the same tip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from memory.schema import AuditEntry, AuditHead, utcnow
+from memory.users import Principal
+
+GENESIS_HASH = "0" * 64
+
+
+def _utc_text(moment: datetime) -> str:
+    # SQLite hands datetimes back naive (they were stored as UTC); PostgreSQL hands them back aware.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row_digest(prev_hash: str, entry: AuditEntry) -> str:
+    canonical = json.dumps(
+        {
+            "seq": entry.seq,
+            "at": _utc_text(entry.at),
+            "actor_id": entry.actor_id,
+            "actor_role": entry.actor_role,
+            "action": entry.action,
+            "resource": entry.resource,
+            "resource_id": entry.resource_id,
+            "patient_id": entry.patient_id,
+            "outcome": entry.outcome,
+            "detail": entry.detail,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
+
+
+def _head(session: Session) -> tuple[int, str]:
+    seq, row_hash = session.execute(select(AuditHead.seq, AuditHead.row_hash).where(AuditHead.id == 1)).one()
+    return seq, row_hash
+
+
+def append(
+    session: Session,
+    *,
+    actor: Principal | None,
+    action: str,
+    resource: str,
+    resource_id: str | int = "",
+    patient_id: int | None = None,
+    outcome: str = "allowed",
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Add one row in the caller's transaction (so it commits, or not, with what it records)."""
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
+    seq, prev_hash = _head(session)
+    entry = AuditEntry(
+        seq=seq,
+        at=utcnow(),
+        actor_id=actor.user_id if actor else None,
+        actor_role=str(actor.role) if actor else "system",
+        action=action,
+        resource=resource,
+        resource_id=str(resource_id),
+        patient_id=patient_id,
+        outcome=outcome,
+        detail=detail or {},
+        prev_hash=prev_hash,
+        row_hash="",
+    )
+    entry.row_hash = row_digest(prev_hash, entry)
+    session.add(entry)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(row_hash=entry.row_hash))
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def verify(session: Session, batch: int = 1000) -> Verification:
+    """Walk the chain in order; name the first row whose hash, link or position is wrong."""
+    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=batch))
+    for entry in rows.scalars():
+        if entry.seq != expected_seq:
+            return Verification(False, checked, expected_seq, f"row {expected_seq} is missing")
+        if entry.prev_hash != expected_prev:
+            return Verification(False, checked, entry.seq, "does not link to the previous row")
+        if row_digest(entry.prev_hash, entry) != entry.row_hash:
+            return Verification(False, checked, entry.seq, "its content does not match its hash")
+        expected_prev, expected_seq, checked = entry.row_hash, expected_seq + 1, checked + 1
+    head_seq, head_hash = _head(session)
+    if (head_seq, head_hash) != (checked, expected_prev):
+        reason = f"the chain head says {head_seq} rows ending in {head_hash[:12]}; found {checked}"
+        return Verification(False, checked, checked + 1, reason)
+    return Verification(True, checked)

@@ -1,0 +1,443 @@
+"""Repositories for the system's records. Every call takes the acting principal, checks the access
+policy, and writes an audit row: allowed accesses in the caller's transaction, denials in their own
+(so a denial is recorded even though the caller's work rolls back).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory import audit
+from memory.policy import PATIENT_DATA, Action, Relation, Resource, decide
+from memory.schema import (
+    AdapterStatus,
+    AdapterVersion,
+    ApiToken,
+    CareTeamMember,
+    Consultation,
+    Feedback,
+    FeedbackKind,
+    FineTuneJob,
+    FineTuneJobEvent,
+    JobStatus,
+    Message,
+    Patient,
+    Read,
+    ReadStatus,
+    Role,
+    Study,
+    StudySource,
+    User,
+    utcnow,
+)
+from memory.users import Principal, hash_token, new_token
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 100_000
+
+
+class RecordError(Exception):
+    """A domain error with a message fit for the caller."""
+
+
+class NotFound(RecordError):
+    pass
+
+
+class AccessDenied(RecordError):
+    pass
+
+
+class InvalidInput(RecordError):
+    pass
+
+
+@dataclass(frozen=True)
+class FeedbackAggregate:
+    plugin: str
+    adapter_version: str
+    kind: str
+    count: int
+
+
+class Records:
+    """The records as ``actor`` may see them, within ``session``'s transaction."""
+
+    def __init__(self, session: Session, actor: Principal, *, admin_phi_access: bool = False) -> None:
+        self.session = session
+        self.actor = actor
+        self.admin_phi_access = admin_phi_access
+
+    # -- policy -------------------------------------------------------------------------------------
+    def _relation(self, patient_id: int | None) -> Relation:
+        if patient_id is None:
+            return Relation.not_patient_data
+        if self.actor.role is Role.patient:
+            owner = self.session.scalar(select(Patient.user_id).where(Patient.id == patient_id))
+            return Relation.own if owner == self.actor.user_id else Relation.none
+        if self.actor.role is Role.physician:
+            member = self.session.scalar(
+                select(CareTeamMember.patient_id).where(
+                    CareTeamMember.physician_id == self.actor.user_id, CareTeamMember.patient_id == patient_id
+                )
+            )
+            return Relation.care_team if member is not None else Relation.none
+        return Relation.none
+
+    def _deny(
+        self, resource: Resource, action: Action, resource_id: object, patient_id: int | None, why: str
+    ) -> None:
+        # Recorded in its own transaction: the caller's will roll back on the exception.
+        factory = sessionmaker(bind=self.session.get_bind())
+        with factory() as side, side.begin():
+            audit.append(side, actor=self.actor, action=f"{resource}.{action}", resource=str(resource),
+                         resource_id=str(resource_id), patient_id=patient_id, outcome="denied",
+                         detail={"reason": why})  # fmt: skip
+        raise AccessDenied(f"{self.actor.role} may not {action} {resource} {resource_id}: {why}")
+
+    def _authorize(
+        self, resource: Resource, action: Action, resource_id: object = "", patient_id: int | None = None
+    ) -> None:
+        relation = self._relation(patient_id) if resource in PATIENT_DATA else Relation.not_patient_data
+        decision = decide(self.actor.role, resource, action, relation, admin_phi_access=self.admin_phi_access)
+        if not decision.allowed:
+            self._deny(resource, action, resource_id, patient_id, decision.reason)
+        audit.append(self.session, actor=self.actor, action=f"{resource}.{action}", resource=str(resource),
+                     resource_id=str(resource_id), patient_id=patient_id)  # fmt: skip
+
+    def _get(self, model: type, key: object, what: str) -> Any:
+        row = self.session.get(model, key)
+        if row is None:
+            raise NotFound(f"no {what} {key}")
+        return row
+
+    # -- users, patients, care teams (admin) --------------------------------------------------------
+    def create_user(self, name: str, role: Role) -> tuple[User, str]:
+        """A new user and their first API token (returned once; only its hash is kept)."""
+        self._authorize(Resource.user, Action.write, f"user:{name}")
+        if self.session.scalar(select(User.id).where(User.name == name)) is not None:
+            raise InvalidInput(f"a user named {name!r} exists already")
+        user = User(name=_text(name, 200, "name"), role=Role(role), disabled=False)
+        self.session.add(user)
+        self.session.flush()
+        token = new_token()
+        self.session.add(ApiToken(user_id=user.id, token_sha256=hash_token(token), label="initial"))
+        self.session.flush()
+        return user, token
+
+    def create_patient(self, display_name: str, user_id: int | None = None) -> Patient:
+        self._authorize(Resource.user, Action.write, f"patient:{display_name}")
+        if user_id is not None:
+            user = self._get(User, user_id, "user")
+            if user.role is not Role.patient:
+                raise InvalidInput(f"user {user_id} is a {user.role}, not a patient")
+        patient = Patient(display_name=_text(display_name, 200, "display_name"), user_id=user_id)
+        self.session.add(patient)
+        self.session.flush()
+        return patient
+
+    def add_to_care_team(self, physician_id: int, patient_id: int) -> None:
+        self._authorize(Resource.care_team, Action.write, f"{physician_id}:{patient_id}")
+        physician = self._get(User, physician_id, "user")
+        if physician.role is not Role.physician:
+            raise InvalidInput(f"user {physician_id} is a {physician.role}, not a physician")
+        self._get(Patient, patient_id, "patient")
+        if self.session.get(CareTeamMember, (physician_id, patient_id)) is None:
+            self.session.add(CareTeamMember(physician_id=physician_id, patient_id=patient_id))
+            self.session.flush()
+
+    def get_patient(self, patient_id: int) -> Patient:
+        patient = self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.patient, Action.read, patient_id, patient_id)
+        return patient
+
+    def patient_of_user(self, user_id: int) -> Patient | None:
+        return self.session.scalar(select(Patient).where(Patient.user_id == user_id))
+
+    # -- consultations and messages -----------------------------------------------------------------
+    def open_consultation(self, consultation_id: str, patient_id: int | None) -> Consultation:
+        if patient_id is not None:
+            self._get(Patient, patient_id, "patient")
+            self._authorize(Resource.consultation, Action.write, consultation_id, patient_id)
+        elif self.actor.role is Role.patient:
+            raise InvalidInput("a patient's consultation belongs to their patient record")
+        else:  # a staff conversation about no patient holds no PHI
+            audit.append(self.session, actor=self.actor, action="consultation.write", resource="consultation",
+                         resource_id=consultation_id)  # fmt: skip
+        if self.session.get(Consultation, consultation_id) is not None:
+            raise InvalidInput(f"consultation {consultation_id} exists already")
+        consultation = Consultation(id=consultation_id, patient_id=patient_id, opened_by=self.actor.user_id)
+        self.session.add(consultation)
+        self.session.flush()
+        return consultation
+
+    def get_consultation(self, consultation_id: str) -> Consultation:
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.read)
+        return consultation
+
+    def _authorize_consultation(self, consultation: Consultation, action: Action) -> None:
+        if consultation.patient_id is None:
+            if consultation.opened_by != self.actor.user_id:
+                self._deny(Resource.consultation, action, consultation.id, None, "not your conversation")
+            return
+        self._authorize(Resource.consultation, action, consultation.id, consultation.patient_id)
+
+    def add_message(
+        self,
+        consultation_id: str,
+        author_role: str,
+        content: str,
+        *,
+        attachments: list[str] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Message:
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.write)
+        if author_role not in {"patient", "physician", "admin", "assistant"}:
+            raise InvalidInput(f"unknown author role {author_role!r}")
+        message = Message(
+            consultation_id=consultation_id,
+            author_id=self.actor.user_id if author_role != "assistant" else None,
+            author_role=author_role,
+            content=_text(content, MAX_TEXT_CHARS, "content"),
+            attachments=list(attachments or []),
+            provenance=_payload(provenance, "provenance") if provenance is not None else None,
+        )
+        self.session.add(message)
+        self.session.flush()
+        return message
+
+    def list_messages(self, consultation_id: str) -> list[Message]:
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.read)
+        return list(
+            self.session.scalars(
+                select(Message).where(Message.consultation_id == consultation_id).order_by(Message.id)
+            )
+        )
+
+    def delete_consultation(self, consultation_id: str) -> None:
+        """Erasure of the SQL side; the caller also deletes the LangGraph thread (memory.erasure)."""
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.write)
+        self.session.delete(consultation)
+        self.session.flush()
+
+    # -- studies and reads --------------------------------------------------------------------------
+    def add_study(
+        self,
+        patient_id: int,
+        *,
+        modality: str = "",
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        pixel_key: str | None = None,
+        source: StudySource = StudySource.upload,
+    ) -> Study:
+        self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.study, Action.write, "new", patient_id)
+        study = Study(
+            patient_id=patient_id,
+            modality=_text(modality, 16, "modality"),
+            description=_text(description, 400, "description"),
+            deidentified_metadata=_payload(metadata or {}, "metadata"),
+            pixel_key=pixel_key,
+            source=source,
+        )
+        self.session.add(study)
+        self.session.flush()
+        return study
+
+    def get_study(self, study_id: int) -> Study:
+        study = self._get(Study, study_id, "study")
+        self._authorize(Resource.study, Action.read, study_id, study.patient_id)
+        return study
+
+    def add_read(self, study_id: int, ai_draft: str, provenance: dict[str, Any]) -> Read:
+        """An AI read: always preliminary until a physician signs."""
+        study = self._get(Study, study_id, "study")
+        self._authorize(Resource.read, Action.write, f"study:{study_id}", study.patient_id)
+        read = Read(study_id=study_id, ai_draft=_text(ai_draft, MAX_TEXT_CHARS, "ai_draft"),
+                    provenance=_payload(provenance, "provenance"))  # fmt: skip
+        self.session.add(read)
+        self.session.flush()
+        return read
+
+    def get_read(self, read_id: int) -> Read:
+        read = self._get(Read, read_id, "read")
+        patient_id = self.session.scalar(select(Study.patient_id).where(Study.id == read.study_id))
+        if self.actor.role is Role.patient and read.status is ReadStatus.preliminary:
+            self._deny(Resource.read, Action.read, read_id, patient_id, "not yet signed by a physician")
+        self._authorize(Resource.read, Action.read, read_id, patient_id)
+        return read
+
+    def sign_read(self, read_id: int, final_text: str) -> Read:
+        read = self._get(Read, read_id, "read")
+        patient_id = self.session.scalar(select(Study.patient_id).where(Study.id == read.study_id))
+        self._authorize(Resource.read, Action.sign, read_id, patient_id)
+        read.status = ReadStatus.amended if read.status is not ReadStatus.preliminary else ReadStatus.final
+        read.physician_final = _text(final_text, MAX_TEXT_CHARS, "final_text")
+        read.signed_by = self.actor.user_id
+        read.signed_at = utcnow()
+        self.session.flush()
+        return read
+
+    # -- feedback -----------------------------------------------------------------------------------
+    def add_feedback(
+        self,
+        kind: FeedbackKind | str,
+        payload: dict[str, Any],
+        *,
+        message_id: int | None = None,
+        read_id: int | None = None,
+    ) -> Feedback:
+        """Feedback on one model output; the model, plugin and adapter version come from the target."""
+        if (message_id is None) == (read_id is None):
+            raise InvalidInput("feedback targets exactly one message or one read")
+        try:
+            kind = FeedbackKind(kind)
+        except ValueError as exc:
+            raise InvalidInput(f"unknown feedback kind {kind!r}") from exc
+        if message_id is not None:
+            message = self._get(Message, message_id, "message")
+            patient_id = self.session.scalar(
+                select(Consultation.patient_id).where(Consultation.id == message.consultation_id)
+            )
+            provenance = message.provenance
+        else:
+            read = self._get(Read, read_id, "read")
+            patient_id = self.session.scalar(select(Study.patient_id).where(Study.id == read.study_id))
+            provenance = read.provenance
+        if patient_id is None:
+            raise InvalidInput("feedback is kept for patient consultations and reads only")
+        if not provenance:
+            raise InvalidInput("the target was not produced by a model: nothing to attribute feedback to")
+        target = f"message:{message_id}" if message_id is not None else f"read:{read_id}"
+        self._authorize(Resource.feedback, Action.write, target, patient_id)
+        feedback = Feedback(
+            target_message_id=message_id,
+            target_read_id=read_id,
+            patient_id=patient_id,
+            author_id=self.actor.user_id,
+            kind=kind,
+            payload=_payload(payload, "payload"),
+            model=str(provenance.get("model", "")),
+            plugin=str(provenance.get("plugin", "")),
+            adapter_version=str(provenance.get("adapter_version", "")),
+        )
+        self.session.add(feedback)
+        self.session.flush()
+        return feedback
+
+    def feedback_aggregates(self) -> list[FeedbackAggregate]:
+        """Counts per plugin, adapter version and kind: what an admin sees, without PHI."""
+        self._authorize(Resource.feedback_aggregate, Action.read)
+        rows = self.session.execute(
+            select(Feedback.plugin, Feedback.adapter_version, Feedback.kind, func.count())
+            .group_by(Feedback.plugin, Feedback.adapter_version, Feedback.kind)
+            .order_by(Feedback.plugin, Feedback.adapter_version, Feedback.kind)
+        )
+        return [FeedbackAggregate(p, v, str(k), int(n)) for p, v, k, n in rows]
+
+    # -- adapters and fine-tune jobs (admin) --------------------------------------------------------
+    def register_adapter(
+        self,
+        plugin: str,
+        version: str,
+        files: list[str],
+        *,
+        parent_id: int | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> AdapterVersion:
+        self._authorize(Resource.adapter, Action.write, f"{plugin}:{version}")
+        if parent_id is not None:
+            self._get(AdapterVersion, parent_id, "adapter version")
+        existing = self.session.scalar(
+            select(AdapterVersion).where(AdapterVersion.plugin == plugin, AdapterVersion.version == version)
+        )
+        if existing is not None:
+            raise InvalidInput(f"adapter {plugin} {version} exists already; versions are immutable")
+        adapter = AdapterVersion(plugin=plugin, version=version, files=list(files), parent_id=parent_id,
+                                 metrics=_payload(metrics or {}, "metrics"))  # fmt: skip
+        self.session.add(adapter)
+        self.session.flush()
+        return adapter
+
+    def set_adapter_status(self, adapter_id: int, status: AdapterStatus) -> AdapterVersion:
+        adapter = self._get(AdapterVersion, adapter_id, "adapter version")
+        self._authorize(Resource.adapter, Action.write, adapter_id)
+        if status is AdapterStatus.champion:  # one champion per plugin
+            for other in self.session.scalars(
+                select(AdapterVersion).where(
+                    AdapterVersion.plugin == adapter.plugin, AdapterVersion.status == AdapterStatus.champion
+                )
+            ):
+                other.status = AdapterStatus.retired
+        adapter.status = status
+        self.session.flush()
+        return adapter
+
+    def list_adapters(self, plugin: str | None = None) -> list[AdapterVersion]:
+        self._authorize(Resource.adapter, Action.read, plugin or "*")
+        query = select(AdapterVersion).order_by(AdapterVersion.id)
+        if plugin is not None:
+            query = query.where(AdapterVersion.plugin == plugin)
+        return list(self.session.scalars(query))
+
+    def create_job(self, plugin: str, config: dict[str, Any]) -> FineTuneJob:
+        self._authorize(Resource.job, Action.write, f"new:{plugin}")
+        job = FineTuneJob(plugin=plugin, requested_by=self.actor.user_id, config=_payload(config, "config"))
+        self.session.add(job)
+        self.session.flush()
+        self.session.add(FineTuneJobEvent(job_id=job.id, status=job.status, message="created"))
+        self.session.flush()
+        return job
+
+    def advance_job(self, job_id: int, status: JobStatus, message: str = "") -> FineTuneJob:
+        job = self._get(FineTuneJob, job_id, "fine-tune job")
+        self._authorize(Resource.job, Action.write, job_id)
+        allowed = _JOB_TRANSITIONS[job.status]
+        if status not in allowed:
+            raise InvalidInput(f"a {job.status} job cannot become {status}")
+        job.status, job.updated_at = status, utcnow()
+        self.session.add(
+            FineTuneJobEvent(job_id=job_id, status=status, message=_text(message, 2000, "message"))
+        )
+        self.session.flush()
+        return job
+
+
+_JOB_TRANSITIONS = {
+    JobStatus.validating: {JobStatus.queued, JobStatus.failed, JobStatus.cancelled},
+    JobStatus.queued: {JobStatus.running, JobStatus.cancelled},
+    JobStatus.running: {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled},
+    JobStatus.succeeded: set(),
+    JobStatus.failed: set(),
+    JobStatus.cancelled: set(),
+}
+
+
+def _text(value: str, limit: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text")
+    if len(value) > limit:
+        raise InvalidInput(f"{field} is longer than {limit} characters")
+    return value
+
+
+def _payload(value: dict[str, Any], field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be an object")
+    try:
+        size = len(json.dumps(value).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not JSON-serialisable: {exc}") from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"{field} is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return value
