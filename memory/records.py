@@ -156,6 +156,13 @@ class Records:
         self._authorize(Resource.patient, Action.read, patient_id, patient_id)
         return patient
 
+    def update_patient(self, patient_id: int, display_name: str) -> Patient:
+        patient = self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.patient, Action.write, patient_id, patient_id)
+        patient.display_name = _text(display_name, 200, "display_name")
+        self.session.flush()
+        return patient
+
     def patient_of_user(self, user_id: int) -> Patient | None:
         return self.session.scalar(select(Patient).where(Patient.user_id == user_id))
 
@@ -334,6 +341,15 @@ class Records:
         self.session.add(feedback)
         self.session.flush()
         return feedback
+
+    def list_feedback(self, patient_id: int) -> list[Feedback]:
+        self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.feedback, Action.read, f"patient:{patient_id}", patient_id)
+        return list(self.session.scalars(select(Feedback).where(Feedback.patient_id == patient_id)))
+
+    def verify_audit(self) -> audit.Verification:
+        self._authorize(Resource.audit, Action.read, "chain")
+        return audit.verify(self.session)
 
     def feedback_aggregates(self) -> list[FeedbackAggregate]:
         """Counts per plugin, adapter version and kind: what an admin sees, without PHI."""
