@@ -20,6 +20,7 @@ from memory.schema import (
     ApiToken,
     CareTeamMember,
     Consultation,
+    ConsultationStatus,
     Feedback,
     FeedbackKind,
     FineTuneJob,
@@ -228,6 +229,13 @@ class Records:
                 select(Message).where(Message.consultation_id == consultation_id).order_by(Message.id)
             )
         )
+
+    def close_consultation(self, consultation_id: str) -> Consultation:
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.write)
+        consultation.status, consultation.closed_at = ConsultationStatus.closed, utcnow()
+        self.session.flush()
+        return consultation
 
     def delete_consultation(self, consultation_id: str) -> None:
         """Erasure of the SQL side; the caller also deletes the LangGraph thread (memory.erasure)."""
