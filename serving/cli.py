@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from serving.admin_cli import audit_app, prune_command, users_app
 from serving.model_cli import model_app
 from serving.settings import Settings, load_settings
 
@@ -21,6 +22,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
+db_app.command("prune")(prune_command)
 
 ConfigOption = Annotated[
     Path | None,

@@ -1,0 +1,67 @@
+"""`healthagent users|audit|db prune` against a real database."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from memory.db import make_engine, make_session_factory, transaction
+from memory.users import authenticate, new_token, set_bootstrap_token
+from serving.cli import app
+from serving.services import prepare_database
+from serving.settings import load_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(f"data_dir: {tmp_path}\ndatabase_url: '{database_url}'\n")
+    engine = prepare_database(load_settings(path))
+    with transaction(make_session_factory(engine)) as session:
+        set_bootstrap_token(session, new_token())
+    engine.dispose()
+    return path
+
+
+def _ok(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_users_care_team_and_audit(config: Path, database_url: str) -> None:
+    output = _ok("users", "add", "--name", "dr-who", "--role", "physician", "--config", str(config))
+    token = re.search(r"token: (ha_\S+)", output).group(1)
+    _ok("users", "add", "--name", "amy", "--role", "patient", "--config", str(config))
+    assert "now cares for amy" in _ok("users", "care-team", "add", "dr-who", "amy", "--config", str(config))
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        assert authenticate(session, token).name == "dr-who"
+    assert re.search(r"audit log intact: \d+ rows", _ok("audit", "verify", "--config", str(config)))
+
+    duplicate = runner.invoke(
+        app, ["users", "add", "--name", "amy", "--role", "patient", "--config", str(config)]
+    )
+    assert duplicate.exit_code == 2 and "exists" in duplicate.output
+    bad_role = runner.invoke(app, ["users", "add", "--name", "x", "--role", "nurse", "--config", str(config)])
+    assert bad_role.exit_code == 2
+
+    with engine.begin() as connection:  # an attacker edits the log behind the guard's back
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_log_no_update"))
+        connection.execute(text("UPDATE audit_log SET actor_role = 'patient' WHERE seq = 2"))
+    engine.dispose()
+    broken = runner.invoke(app, ["audit", "verify", "--config", str(config)])
+    assert broken.exit_code == 1 and "BROKEN at row 2" in broken.output
+
+
+def test_prune_runs(config: Path) -> None:
+    assert "pruned 0" in _ok("db", "prune", "--keep-latest", "--config", str(config))
