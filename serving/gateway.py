@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from agents.graph import TurnContext
+from memory.db import transaction
+from memory.records import AccessDenied, InvalidInput, NotFound, Records
+from memory.schema import Role
 from memory.users import Principal
 from serving.auth import bearer_scheme, principal_from_request
 from serving.limits import BodySizeLimit
@@ -40,9 +45,60 @@ class ChatRequest(BaseModel):
 
 class ChatResponse(BaseModel):
     thread_id: str
+    message_id: int = Field(description="The stored answer; send feedback about it to /v1/feedback.")
     answer: str
     disclaimer: str
     provenance: Provenance
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: int = Field(description="The answer the feedback is about (ChatResponse.message_id).")
+    kind: Literal["rating", "correction", "preference"]
+    payload: dict[str, Any] = Field(default_factory=dict, description="e.g. {'stars': 4} or {'text': ...}")
+
+
+class FeedbackResponse(BaseModel):
+    id: int
+    adapter_version: str
+
+
+@contextmanager
+def _records(services: GatewayServices, principal: Principal) -> Iterator[Records]:
+    """A transaction with the caller's view of the records; domain errors become problem answers."""
+    try:
+        with transaction(services.sessions) as session:
+            yield Records(session, principal, admin_phi_access=services.settings.admin_phi_access)
+    except NotFound as exc:
+        raise Problem(404, str(exc)) from exc
+    except AccessDenied as exc:
+        raise Problem(403, str(exc)) from exc
+    except InvalidInput as exc:
+        raise Problem(422, str(exc)) from exc
+
+
+def _record_user_turn(
+    services: GatewayServices, principal: Principal, thread_id: str | None, text: str
+) -> str:
+    with _records(services, principal) as records:
+        if thread_id is None:
+            thread_id = uuid.uuid4().hex
+            patient = records.patient_of_user(principal.user_id) if principal.role is Role.patient else None
+            if principal.role is Role.patient and patient is None:
+                raise InvalidInput("this patient login has no patient record; ask an administrator")
+            records.open_consultation(thread_id, patient.id if patient else None)
+        else:
+            records.get_consultation(thread_id)
+        records.add_message(thread_id, str(principal.role), text)
+    return thread_id
+
+
+def _record_answer(
+    services: GatewayServices, principal: Principal, thread_id: str, answer: str, provenance: dict
+) -> int:
+    with _records(services, principal) as records:
+        return records.add_message(thread_id, "assistant", answer, provenance=provenance).id
 
 
 def current_principal(
@@ -170,20 +226,42 @@ def create_app(services: GatewayServices) -> FastAPI:
             except UnsupportedImage as exc:
                 raise Problem(415, f"image: {exc}") from exc
 
-        thread_id = payload.thread_id or uuid.uuid4().hex
-        # Checkpoint threads are namespaced by user: one user's thread id never reaches another's.
-        config = {"configurable": {"thread_id": f"user-{principal.user_id}:{thread_id}"}}
+        # The consultation (= LangGraph thread) is opened or checked, and the user's message stored,
+        # before the model runs: the access policy decides whether this thread is the caller's.
+        thread_id = await run_in_threadpool(
+            _record_user_turn, services, principal, payload.thread_id, payload.message
+        )
         state = await run_in_threadpool(
             services.graph.invoke,
             {"messages": [{"role": "user", "content": payload.message}]},
-            config,
+            {"configurable": {"thread_id": thread_id}},
             context=TurnContext(image=image, max_new_tokens=settings.max_new_tokens),
+        )
+        provenance = Provenance.model_validate(state["provenance"])
+        message_id = await run_in_threadpool(
+            _record_answer, services, principal, thread_id, state["answer"], provenance.model_dump()
         )
         return ChatResponse(
             thread_id=thread_id,
+            message_id=message_id,
             answer=state["answer"],
             disclaimer=state["disclaimer"],
-            provenance=Provenance.model_validate(state["provenance"]),
+            provenance=provenance,
         )
+
+    @app.post(
+        "/v1/feedback",
+        tags=["feedback"],
+        status_code=201,
+        response_model=FeedbackResponse,
+        responses={403: {"description": "not your record"}, 404: {"description": "no such message"}},
+    )
+    def feedback(
+        body: FeedbackRequest, principal: Annotated[Principal, Depends(current_principal)]
+    ) -> FeedbackResponse:
+        """Rate, correct or state a preference about one answer; kept with the adapter version behind it."""
+        with _records(services, principal) as records:
+            stored = records.add_feedback(body.kind, body.payload, message_id=body.message_id)
+            return FeedbackResponse(id=stored.id, adapter_version=stored.adapter_version)
 
     return app

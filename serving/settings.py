@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     bootstrap_token: SecretStr | None = Field(
         default=None, description="Bootstrap admin token; generated and printed once if unset."
     )
+    admin_phi_access: bool = Field(
+        default=False, description="Let admins read (never write) patient records. Off: admins see no PHI."
+    )
     ray: RaySettings = RaySettings()
 
     @field_validator("bootstrap_token", mode="after")

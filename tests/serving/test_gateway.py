@@ -103,8 +103,7 @@ def test_chat_multipart_with_image_continues_a_thread(client: TestClient, token:
     )
     assert second.status_code == 200 and second.json()["thread_id"] == thread_id
     graph = client.app.state.services.graph
-    principal_thread = {"configurable": {"thread_id": f"user-1:{thread_id}"}}
-    messages = graph.get_state(principal_thread).values["messages"]
+    messages = graph.get_state({"configurable": {"thread_id": thread_id}}).values["messages"]
     assert [m["content"] for m in messages if m["role"] == "user"] == [
         "What does this X-ray show?",
         "And now?",
@@ -185,3 +184,75 @@ def test_oversized_streamed_body_is_413(client: TestClient, token: str) -> None:
         "/v1/chat", content=chunks(), headers={**_auth(token), "content-type": "application/json"}
     )
     _assert_problem(response, 413, "limit")
+
+
+def _new_user(client: TestClient, name: str, role: str) -> str:
+    from memory.records import Records
+    from memory.schema import Role
+    from memory.users import Principal
+
+    services = client.app.state.services
+    with transaction(services.sessions) as session:
+        records = Records(session, Principal(1, "bootstrap-admin", Role.admin))
+        user, token = records.create_user(name, Role(role))
+        if role == "patient":
+            records.create_patient(name, user.id)
+    return token
+
+
+def test_chats_are_stored_and_private(client: TestClient, token: str) -> None:
+    from sqlalchemy import select
+
+    from memory.records import Records
+    from memory.schema import Role, User
+    from memory.users import Principal
+
+    patient_token = _new_user(client, "pam", "patient")
+    other_token = _new_user(client, "pete", "patient")
+    first = client.post("/v1/chat", json={"message": "my chest hurts"}, headers=_auth(patient_token))
+    assert first.status_code == 200, first.text
+    thread_id = first.json()["thread_id"]
+
+    services = client.app.state.services
+    with transaction(services.sessions) as session:
+        pam = session.scalar(select(User).where(User.name == "pam"))
+        messages = Records(session, Principal(pam.id, "pam", Role.patient)).list_messages(thread_id)
+    assert (messages[0].author_role, messages[0].content) == ("patient", "my chest hurts")
+    assert (
+        messages[1].author_role == "assistant"
+        and messages[1].provenance["adapter_version"] == "tiny-seed0-v1"
+    )
+    assert first.json()["message_id"] == messages[1].id
+
+    for intruder in (other_token, token):  # another patient, and an admin (no PHI)
+        response = client.post("/v1/chat", json={"message": "let me in", "thread_id": thread_id},
+                               headers=_auth(intruder))  # fmt: skip
+        _assert_problem(response, 403, "may not")
+    _assert_problem(
+        client.post(
+            "/v1/chat", json={"message": "x", "thread_id": "nosuchthread"}, headers=_auth(patient_token)
+        ),
+        404,
+        "no consultation",
+    )
+
+
+def test_feedback_is_kept_with_its_adapter_version(client: TestClient) -> None:
+    patient_token = _new_user(client, "fay", "patient")
+    answer = client.post("/v1/chat", json={"message": "hello"}, headers=_auth(patient_token)).json()
+    response = client.post(
+        "/v1/feedback",
+        json={"message_id": answer["message_id"], "kind": "rating", "payload": {"stars": 2}},
+        headers=_auth(patient_token),
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["adapter_version"] == "tiny-seed0-v1"
+    _assert_problem(
+        client.post(
+            "/v1/feedback", json={"message_id": 99999, "kind": "rating"}, headers=_auth(patient_token)
+        ),
+        404,
+        "no message",
+    )
+    bad = client.post("/v1/feedback", json={"message_id": 1, "kind": "stars"}, headers=_auth(patient_token))
+    assert _assert_problem(bad, 422, "kind")["errors"][0]["field"] == "kind"
