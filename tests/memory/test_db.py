@@ -82,3 +82,16 @@ def test_failed_transaction_leaves_nothing(engine) -> None:
 def test_unsupported_database_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="PostgreSQL or SQLite"):
         make_engine("mysql://root@localhost/test")
+
+
+def test_migrations_match_the_models(engine) -> None:
+    """No model change without its migration: autogenerate finds nothing to add at head."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from memory.schema import Base
+
+    upgrade(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
