@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from serving.admin_cli import audit_app, prune_command, users_app
+from serving.dicom_cli import dicom_app
 from serving.model_cli import model_app
 from serving.settings import Settings, load_settings
 
@@ -24,6 +25,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(dicom_app, name="dicom")
 db_app.command("prune")(prune_command)
 
 ConfigOption = Annotated[
