@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -79,7 +81,11 @@ def _records(services: GatewayServices, principal: Principal) -> Iterator[Record
 
 
 def _record_user_turn(
-    services: GatewayServices, principal: Principal, thread_id: str | None, text: str
+    services: GatewayServices,
+    principal: Principal,
+    thread_id: str | None,
+    text: str,
+    attachments: list[str],
 ) -> str:
     with _records(services, principal) as records:
         if thread_id is None:
@@ -90,7 +96,7 @@ def _record_user_turn(
             records.open_consultation(thread_id, patient.id if patient else None)
         else:
             records.get_consultation(thread_id)
-        records.add_message(thread_id, str(principal.role), text)
+        records.add_message(thread_id, str(principal.role), text, attachments=attachments)
     return thread_id
 
 
@@ -105,7 +111,30 @@ def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
-    return principal_from_request(request, credentials)
+    """The authenticated caller, charged one request against their rate limit."""
+    principal = principal_from_request(request, credentials)
+    services: GatewayServices = request.app.state.services
+    decision = services.backends.rate_limiter.acquire(f"user:{principal.user_id}")
+    if not decision.allowed:
+        retry_after = max(1, math.ceil(decision.retry_after_s))
+        raise Problem(
+            429,
+            f"rate limit exceeded ({services.settings.rate_limit.per_minute:g} requests per minute, bursts "
+            f"of {services.settings.rate_limit.burst}); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return principal
+
+
+def _store_image(services: GatewayServices, data: bytes) -> str:
+    """Decode the upload and keep only its pixels (re-encoded as PNG: EXIF and other metadata gone)."""
+    try:
+        image = decode_image(data)
+    except UnsupportedImage as exc:
+        raise Problem(415, f"image: {exc}") from exc
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return services.pixels.put(buffer.getvalue())
 
 
 _CHAT_BODY: dict[str, Any] = {
@@ -199,6 +228,7 @@ def create_app(services: GatewayServices) -> FastAPI:
             413: {"description": "body or image too large"},
             415: {"description": "unsupported content type or not an image"},
             422: {"description": "invalid fields"},
+            429: {"description": "rate limit exceeded; see Retry-After"},
         },
     )
     async def chat(
@@ -220,16 +250,12 @@ def create_app(services: GatewayServices) -> FastAPI:
         if len(payload.message) > settings.max_message_chars:
             detail = f"message: longer than {settings.max_message_chars} characters"
             raise Problem(422, detail, errors=[{"field": "message", "message": detail}])
-        if image is not None:
-            try:
-                await run_in_threadpool(decode_image, image)
-            except UnsupportedImage as exc:
-                raise Problem(415, f"image: {exc}") from exc
+        attachments = [] if image is None else [await run_in_threadpool(_store_image, services, image)]
 
         # The consultation (= LangGraph thread) is opened or checked, and the user's message stored,
         # before the model runs: the access policy decides whether this thread is the caller's.
         thread_id = await run_in_threadpool(
-            _record_user_turn, services, principal, payload.thread_id, payload.message
+            _record_user_turn, services, principal, payload.thread_id, payload.message, attachments
         )
         state = await run_in_threadpool(
             services.graph.invoke,

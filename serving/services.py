@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.graph import build_graph
-from memory.cache import make_redis
+from memory.backends import Backends, make_backends
 from memory.checkpoints import Checkpointer, open_checkpointer
 from memory.db import make_engine, make_session_factory, ping
 from memory.migrate import require_up_to_date, upgrade
+from memory.pixels import PixelStore
 from serving.settings import Settings
 from tools.healthgpt import HealthGPTClient
 
@@ -26,15 +26,17 @@ class GatewayServices:
     model: HealthGPTClient
     checkpointer: Checkpointer
     graph: Any
-    redis: redis.Redis | None
+    backends: Backends
+    pixels: PixelStore
 
     def readiness(self) -> dict[str, str]:
         """Each dependency's state ("ok" or the error); ready when all are ok."""
         checks: dict[str, str] = {}
+        redis = self.backends.redis
         for name, check in (
             ("database", lambda: ping(self.engine)),
             ("model", self.model.health),
-            ("redis", (lambda: self.redis.ping()) if self.redis is not None else None),
+            ("redis", redis.ping if redis is not None else None),
         ):
             if check is None:
                 checks[name] = "not configured (embedded)"
@@ -48,8 +50,7 @@ class GatewayServices:
 
     def close(self) -> None:
         self.checkpointer.close()
-        if self.redis is not None:
-            self.redis.close()
+        self.backends.close()
         self.engine.dispose()
 
 
@@ -74,5 +75,11 @@ def build_services(settings: Settings, model: HealthGPTClient) -> GatewayService
         model=model,
         checkpointer=checkpointer,
         graph=build_graph(model, checkpointer.saver),
-        redis=make_redis(settings.redis_url) if settings.redis_url else None,
+        backends=make_backends(
+            settings.redis_url,
+            in_process_allowed=settings.profile == "embedded",
+            rate_capacity=settings.rate_limit.burst,
+            rate_refill_per_s=settings.rate_limit.per_minute / 60.0,
+        ),
+        pixels=PixelStore(settings.resolved_pixel_dir, max_bytes=settings.max_upload_bytes),
     )

@@ -35,6 +35,13 @@ class RaySettings(BaseModel):
     gateway_replicas: int = Field(default=1, ge=1)
 
 
+class RateLimitSettings(BaseModel):
+    """Per-user token bucket over the authenticated API (shared through Redis where configured)."""
+
+    burst: int = Field(default=20, ge=1, description="Requests a user may send at once.")
+    per_minute: float = Field(default=60.0, gt=0, description="Sustained requests per minute per user.")
+
+
 class Settings(BaseSettings):
     """Everything the service needs to start. See ``configs/local.yaml`` for the embedded profile."""
 
@@ -64,6 +71,10 @@ class Settings(BaseSettings):
     )
     admin_phi_access: bool = Field(
         default=False, description="Let admins read (never write) patient records. Off: admins see no PHI."
+    )
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    pixel_dir: Path | None = Field(
+        default=None, description="Content-addressed store of uploaded images; empty = data_dir/pixels."
     )
     ray: RaySettings = RaySettings()
 
@@ -96,6 +107,10 @@ class Settings(BaseSettings):
         if self.resolved_database_url.startswith("postgresql"):
             return self.resolved_database_url
         return str((self.data_dir / "checkpoints.sqlite").resolve())
+
+    @property
+    def resolved_pixel_dir(self) -> Path:
+        return (self.pixel_dir or self.data_dir / "pixels").resolve()
 
     @property
     def model_dir(self) -> Path:

@@ -256,3 +256,60 @@ def test_feedback_is_kept_with_its_adapter_version(client: TestClient) -> None:
     )
     bad = client.post("/v1/feedback", json={"message_id": 1, "kind": "stars"}, headers=_auth(patient_token))
     assert _assert_problem(bad, 422, "kind")["errors"][0]["field"] == "kind"
+
+
+def test_an_uploaded_image_is_kept_as_pixels_only_and_attached(client: TestClient) -> None:
+    from sqlalchemy import select
+
+    from memory.records import Records
+    from memory.schema import Role, User
+    from memory.users import Principal
+
+    patient_token = _new_user(client, "ivy", "patient")
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"  # Make
+    exif[0x0131] = "PhoneSoftware 1.0 owner=jane.doe@example.org"  # Software: identifying text
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    assert b"CameraMaker" in buffer.getvalue()
+    response = client.post(
+        "/v1/chat",
+        data={"message": "is this rash bad?"},
+        files={"image": ("rash.jpg", buffer.getvalue(), "image/jpeg")},
+        headers=_auth(patient_token),
+    )
+    assert response.status_code == 200, response.text
+    services = client.app.state.services
+    with transaction(services.sessions) as session:
+        ivy = session.scalar(select(User).where(User.name == "ivy"))
+        messages = Records(session, Principal(ivy.id, "ivy", Role.patient)).list_messages(
+            response.json()["thread_id"]
+        )
+    (key,) = messages[0].attachments
+    stored = services.pixels.get(key)
+    assert b"CameraMaker" not in stored and b"jane.doe" not in stored
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.format == "PNG" and image.size == (32, 24) and not image.getexif()
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path, tiny_model, token: str) -> None:
+    settings = Settings(data_dir=tmp_path, max_new_tokens=2, rate_limit={"burst": 2, "per_minute": 6})
+    engine = prepare_database(settings)
+    with transaction(make_session_factory(engine)) as session:
+        set_bootstrap_token(session, token)
+    engine.dispose()
+    services = build_services(settings, InProcessHealthGPT(tiny_model))
+    try:
+        with TestClient(create_app(services), raise_server_exceptions=False) as limited:
+            feedback = {"message_id": 1, "kind": "rating", "payload": {}}
+            headers = _auth(token)
+            post = limited.post
+            statuses = [post("/v1/feedback", json=feedback, headers=headers).status_code for _ in "abc"]
+            assert 429 not in statuses[:2] and statuses[2] == 429
+            response = limited.post("/v1/chat", json={"message": "hi"}, headers=_auth(token))
+            body = _assert_problem(response, 429, "rate limit")
+            assert 1 <= int(response.headers["Retry-After"]) <= 10
+            assert "6 requests per minute" in body["detail"]
+            assert limited.get("/healthz").status_code == 200, "health checks are never limited"
+    finally:
+        services.close()
