@@ -64,6 +64,12 @@ class Answer:
     plugin: str
     prompt_tokens: int
     seconds: float
+    logprobs: list[float] = field(default_factory=list)  # log-probability of each generated id
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean log-probability of the answer's tokens: the model's confidence, used to escalate."""
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
 
 
 @dataclass(frozen=True)
@@ -364,14 +370,17 @@ class HealthGPT:
             cache = DynamicCache(config=self.llm.config)
             logits = self._forward(embeds, mask, plugins, cache, positions)[:, -1]
             outputs: list[list[int]] = [[] for _ in requests]
+            chosen_logprobs: list[list[float]] = [[] for _ in requests]
             done = [False] * len(requests)
             limit = max(r.max_new_tokens for r in requests)
             for _ in range(limit):
                 next_ids = [self._choose(logits[i], requests[i], outputs[i]) for i in range(len(requests))]
+                step_logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for i, token in enumerate(next_ids):
                     if done[i]:
                         continue
                     outputs[i].append(token)
+                    chosen_logprobs[i].append(float(step_logprobs[i, token]))
                     if token in self.eos_token_ids or len(outputs[i]) >= requests[i].max_new_tokens:
                         done[i] = True
                 if all(done):
@@ -395,8 +404,9 @@ class HealthGPT:
                 plugin=r.plugin,
                 prompt_tokens=row.shape[0],
                 seconds=seconds,
+                logprobs=lp,
             )
-            for r, out, row in zip(requests, outputs, rows, strict=True)
+            for r, out, lp, row in zip(requests, outputs, chosen_logprobs, rows, strict=True)
         ]
 
     def _choose(self, logits: torch.Tensor, request: Request, so_far: list[int]) -> int:

@@ -46,6 +46,8 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
     updates: dict[str, object] = {"data_dir": settings.data_dir.resolve()}
     if settings.model_spec != "tiny":
         updates["model_spec"] = str(Path(settings.model_spec).resolve())
+    if settings.escalation_model_spec not in (None, "tiny"):
+        updates["escalation_model_spec"] = str(Path(settings.escalation_model_spec).resolve())
     return settings.model_copy(update=updates)
 
 
@@ -79,6 +81,8 @@ def serve(
     engine.dispose()
     # Build the demo model once here so that replicas only load it.
     resolve_spec(settings.model_spec, settings.model_dir, settings.model_seed)
+    if settings.cascade.enabled and settings.escalation_model_spec:
+        resolve_spec(settings.escalation_model_spec, settings.model_dir, settings.escalation_model_seed)
 
     import ray
     from ray import serve

@@ -18,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tools.healthgpt import CascadeSettings
+
 CONFIG_ENV = "HEALTHAGENT_CONFIG"
 
 
@@ -63,6 +65,13 @@ class Settings(BaseSettings):
         description="'tiny' (random demo weights built from a seed) or a path to a model spec YAML.",
     )
     model_seed: int = 0
+    cascade: CascadeSettings = CascadeSettings()
+    escalation_model_spec: str | None = Field(
+        default=None,
+        description="The larger model the cascade escalates to (e.g. the L14 preset); 'tiny' = a second "
+        "demo model built from escalation_model_seed.",
+    )
+    escalation_model_seed: int = 1
     max_new_tokens: int = Field(default=48, ge=1, le=4096)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_message_chars: int = Field(default=8000, ge=1)
@@ -86,6 +95,12 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 24:
             raise ValueError("bootstrap_token must be at least 24 characters")
         return value
+
+    @model_validator(mode="after")
+    def _cascade_needs_a_second_model(self) -> Settings:
+        if self.cascade.enabled and not self.escalation_model_spec:
+            raise ValueError("cascade.enabled needs an escalation_model_spec")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

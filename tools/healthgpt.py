@@ -1,14 +1,19 @@
 """The HealthGPT tool: what the agent calls to ask the model, whatever hosts it.
 
-Two clients share one protocol: :class:`InProcessHealthGPT` (tests, the CLI) and
-:class:`RayServeHealthGPT` (production, over a Ray Serve deployment handle).
+One protocol, :class:`HealthGPTClient`, with two implementations: :class:`InProcessHealthGPT` (tests,
+the CLI) and :class:`RayServeHealthGPT` (production, over a Ray Serve deployment handle).
+:class:`CascadeHealthGPT` composes two clients: a small model answers, a larger one takes over when the
+small one is unsure or the case is flagged complex.
 """
 
 from __future__ import annotations
 
+import io
+import time
+from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from models.healthgpt import HealthGPT
 from tools.images import decode_image
@@ -22,6 +27,8 @@ class Provenance(BaseModel):
     adapter_version: str
     demo_weights: bool
     seconds: float = Field(ge=0)
+    escalated_from: str | None = Field(default=None, description="The model the cascade escalated from.")
+    escalation_reason: str | None = None
 
 
 class AskRequest(BaseModel):
@@ -29,12 +36,90 @@ class AskRequest(BaseModel):
     image: bytes | None = Field(default=None, description="A validated upload (PNG, JPEG, ...).")
     plugin: str = "comprehension"
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    complex: bool = Field(default=False, description="Flagged complex: a cascade goes to the large model.")
 
 
 class AskResult(BaseModel):
     text: str
     token_ids: list[int]
+    mean_logprob: float = Field(le=0, description="Mean log-probability of the generated tokens.")
     provenance: Provenance
+
+
+class ImageTask(StrEnum):
+    reconstruction = "reconstruction"
+    ct_to_mri = "ct_to_mri"
+    mri_to_ct = "mri_to_ct"
+    super_resolution = "super_resolution"
+    text_to_image = "text_to_image"
+
+
+# The instruction each task sends to the generation plugin (text_to_image sends the caller's text).
+TASK_INSTRUCTIONS: dict[ImageTask, str] = {
+    ImageTask.reconstruction: "Reconstruct the image.",
+    ImageTask.ct_to_mri: "Convert the CT image into an MRI image.",
+    ImageTask.mri_to_ct: "Convert the MRI image into a CT image.",
+    ImageTask.super_resolution: "Generate a super-resolution version of the image.",
+}
+
+
+class ImageRequest(BaseModel):
+    task: ImageTask
+    image: bytes | None = Field(default=None, description="The source image (every task but text_to_image).")
+    instruction: str | None = Field(default=None, description="Text for text_to_image; else the task's own.")
+    plugin: str = "generation"
+
+    @field_validator("instruction")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("instruction must not be blank")
+        return value
+
+    def prompt(self) -> str:
+        if self.task is ImageTask.text_to_image:
+            if not self.instruction:
+                raise ValueError("text_to_image needs an instruction describing the image")
+            return self.instruction
+        if self.image is None:
+            raise ValueError(f"{self.task} needs a source image")
+        return self.instruction or TASK_INSTRUCTIONS[self.task]
+
+
+class ImageResult(BaseModel):
+    png: bytes
+    vq_indices: list[int]
+    provenance: Provenance
+
+
+class ScoreRequest(BaseModel):
+    question: str = Field(min_length=1)
+    choices: list[str] = Field(min_length=2, max_length=26)
+    image: bytes | None = None
+    plugin: str = "comprehension"
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if any(not c.strip() for c in value) or len(set(value)) != len(value):
+            raise ValueError("choices must be distinct and non-blank")
+        return value
+
+
+class ChoiceScore(BaseModel):
+    choice: str
+    sum_logprob: float
+    mean_logprob: float
+
+
+class ScoreResult(BaseModel):
+    best_index: int = Field(description="The choice with the highest mean token log-probability.")
+    choices: list[ChoiceScore]
+    provenance: Provenance
+
+    @property
+    def best(self) -> str:
+        return self.choices[self.best_index].choice
 
 
 class ModelHealth(BaseModel):
@@ -45,8 +130,10 @@ class ModelHealth(BaseModel):
 
 class HealthGPTClient(Protocol):
     def ask(self, request: AskRequest) -> AskResult: ...
-
-    def health(self) -> ModelHealth: ...
+    def generate_image(self, request: ImageRequest) -> ImageResult: ...
+    def score(self, request: ScoreRequest) -> ScoreResult: ...
+    def info(self) -> ModelHealth: ...  # identity only, no forward pass
+    def health(self) -> ModelHealth: ...  # identity, after a forward pass through every plugin
 
 
 class InProcessHealthGPT:
@@ -55,30 +142,67 @@ class InProcessHealthGPT:
     def __init__(self, model: HealthGPT) -> None:
         self.model = model
 
+    def _provenance(self, plugin: str, seconds: float) -> Provenance:
+        spec = self.model.spec
+        return Provenance(
+            model=spec.name,
+            plugin=plugin,
+            adapter_version=spec.adapter_version,
+            demo_weights=spec.demo_weights,
+            seconds=seconds,
+        )
+
     def ask(self, request: AskRequest) -> AskResult:
         image = decode_image(request.image) if request.image is not None else None
         answer = self.model.ask(
             request.question, image, plugin=request.plugin, max_new_tokens=request.max_new_tokens
         )
-        spec = self.model.spec
         return AskResult(
             text=answer.text,
             token_ids=answer.token_ids,
-            provenance=Provenance(
-                model=spec.name,
-                plugin=answer.plugin,
-                adapter_version=spec.adapter_version,
-                demo_weights=spec.demo_weights,
-                seconds=answer.seconds,
-            ),
+            mean_logprob=min(0.0, answer.mean_logprob),
+            provenance=self._provenance(answer.plugin, answer.seconds),
         )
+
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        prompt = request.prompt()
+        source = decode_image(request.image) if request.image is not None else None
+        started = time.perf_counter()
+        image, indices = self.model.generate_image(prompt, source, plugin=request.plugin)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return ImageResult(
+            png=buffer.getvalue(),
+            vq_indices=indices,
+            provenance=self._provenance(request.plugin, time.perf_counter() - started),
+        )
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        image = decode_image(request.image) if request.image is not None else None
+        started = time.perf_counter()
+        scored = []
+        for choice in request.choices:
+            score = self.model.score(request.question, choice, image, plugin=request.plugin)
+            total = score.sum_logprob
+            mean = total / len(score.logprobs)
+            scored.append(ChoiceScore(choice=choice, sum_logprob=total, mean_logprob=mean))
+        # Mean, not sum: a longer choice must not lose only for having more tokens.
+        best = max(range(len(scored)), key=lambda i: scored[i].mean_logprob)
+        return ScoreResult(
+            best_index=best,
+            choices=scored,
+            provenance=self._provenance(request.plugin, time.perf_counter() - started),
+        )
+
+    def info(self) -> ModelHealth:
+        spec = self.model.spec
+        return ModelHealth(model=spec.name, plugins=sorted(spec.plugins), demo_weights=spec.demo_weights)
 
     def health(self) -> ModelHealth:
         """A one-token forward pass through every plugin: proves the weights answer, not just load."""
         for plugin in self.model.spec.plugins:
             self.model.ask("ping", None, plugin=plugin, max_new_tokens=1)
-        spec = self.model.spec
-        return ModelHealth(model=spec.name, plugins=sorted(spec.plugins), demo_weights=spec.demo_weights)
+        return self.info()
 
 
 class RayServeHealthGPT:
@@ -94,5 +218,81 @@ class RayServeHealthGPT:
     def ask(self, request: AskRequest) -> AskResult:
         return self.handle.ask.remote(request).result(timeout_s=self.timeout_s)
 
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        return self.handle.generate_image.remote(request).result(timeout_s=self.timeout_s)
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        return self.handle.score.remote(request).result(timeout_s=self.timeout_s)
+
+    def info(self) -> ModelHealth:
+        return self.handle.info.remote().result(timeout_s=30.0)
+
     def health(self) -> ModelHealth:
         return self.handle.health.remote().result(timeout_s=30.0)
+
+
+class CascadeSettings(BaseModel):
+    enabled: bool = False
+    min_mean_logprob: float = Field(
+        default=-1.5, le=0, description="Escalate when the small model's mean token log-probability is lower."
+    )
+    escalate_complex: bool = Field(default=True, description="Cases flagged complex go to the large model.")
+
+
+class CascadeHealthGPT:
+    """M3 answers; L14 answers instead when M3 is unsure or the case is complex.
+
+    Image generation always stays with the primary model: only the Phi-3 (M3) release has the generation
+    plugin. Scoring escalates only complex cases (a score has no single confidence to threshold).
+    """
+
+    def __init__(
+        self, primary: HealthGPTClient, escalation: HealthGPTClient, settings: CascadeSettings
+    ) -> None:
+        self.primary, self.escalation, self.settings = primary, escalation, settings
+
+    def _reason(self, complex_case: bool, mean_logprob: float | None) -> str | None:
+        if complex_case and self.settings.escalate_complex:
+            return "flagged complex"
+        if mean_logprob is not None and mean_logprob < self.settings.min_mean_logprob:
+            return f"low confidence (mean log-prob {mean_logprob:.3f} < {self.settings.min_mean_logprob})"
+        return None
+
+    def ask(self, request: AskRequest) -> AskResult:
+        complex_reason = self._reason(request.complex, None)
+        first = None if complex_reason else self.primary.ask(request)
+        reason = complex_reason or self._reason(False, first.mean_logprob if first else None)
+        if reason is None and first is not None:
+            return first
+        second = self.escalation.ask(request)
+        second.provenance.escalated_from = self.primary.info().model
+        second.provenance.escalation_reason = reason
+        if first is not None:
+            second.provenance.seconds += first.provenance.seconds
+        return second
+
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        return self.primary.generate_image(request)
+
+    def score(self, request: ScoreRequest, complex_case: bool = False) -> ScoreResult:
+        reason = self._reason(complex_case, None)
+        if reason is None:
+            return self.primary.score(request)
+        result = self.escalation.score(request)
+        result.provenance.escalated_from = self.primary.info().model
+        result.provenance.escalation_reason = reason
+        return result
+
+    def info(self) -> ModelHealth:
+        return self._combine(self.primary.info(), self.escalation.info())
+
+    def health(self) -> ModelHealth:
+        return self._combine(self.primary.health(), self.escalation.health())
+
+    @staticmethod
+    def _combine(first: ModelHealth, second: ModelHealth) -> ModelHealth:
+        return ModelHealth(
+            model=f"{first.model}+{second.model}",
+            plugins=sorted(set(first.plugins) | set(second.plugins)),
+            demo_weights=first.demo_weights or second.demo_weights,
+        )

@@ -58,3 +58,10 @@ def test_bootstrap_token_empty_means_generate_and_short_is_refused() -> None:
     assert Settings(bootstrap_token="x" * 24).bootstrap_token.get_secret_value() == "x" * 24
     with pytest.raises(ValidationError, match="at least 24"):
         Settings(bootstrap_token="short")
+
+
+def test_the_cascade_needs_a_second_model() -> None:
+    with pytest.raises(ValidationError, match="escalation_model_spec"):
+        Settings(cascade={"enabled": True})
+    settings = Settings(cascade={"enabled": True, "min_mean_logprob": -0.8}, escalation_model_spec="tiny")
+    assert settings.cascade.min_mean_logprob == -0.8 and settings.escalation_model_seed == 1
