@@ -65,6 +65,7 @@ class Answer:
     prompt_tokens: int
     seconds: float
     logprobs: list[float] = field(default_factory=list)  # log-probability of each generated id
+    adapter_version: str | None = None  # set by the engine: the version that served this request
 
     @property
     def mean_logprob(self) -> float:
@@ -177,6 +178,34 @@ class HealthGPT:
             report = self.load_plugin_weights(name, plugin)
             report.raise_if_incomplete()
             self.load_reports[name] = report
+
+    @torch.no_grad()
+    def add_plugin(self, name: str, plugin: PluginSpec) -> LoadReport:
+        """Load another plugin (e.g. a refreshed adapter version) beside the resident ones.
+
+        Safe while other requests run: only new entries are added, and a forward pass touches only the
+        plugins its rows are routed to."""
+        if name in self.spec.plugins or name in self.projectors:
+            raise ValueError(f"plugin {name!r} is already loaded")
+        if not plugin.weights:
+            raise ValueError("a runtime plugin needs weight files")
+        self._add_plugin(name, plugin)
+        self.projectors[name].to(device=self.device, dtype=self.dtype).eval()
+        if name in self.overrides:
+            self.overrides[name] = {k: v.to(self.device, self.dtype) for k, v in self.overrides[name].items()}
+        self.spec.plugins[name] = plugin
+        return self.load_reports[name]
+
+    def remove_plugin(self, name: str) -> None:
+        """Free a plugin no request uses any more (the caller guarantees that)."""
+        if name not in self.spec.plugins:
+            raise ValueError(f"unknown plugin {name!r}")
+        for layer in self.layers.values():
+            del layer.plugins[name]
+        del self.projectors[name]
+        self.overrides.pop(name, None)
+        self.load_reports.pop(name, None)
+        del self.spec.plugins[name]
 
     def _plugin_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """Plugin parameters under the official (prefix-stripped) key names."""

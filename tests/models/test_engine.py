@@ -1,0 +1,148 @@
+"""The continuous-batching engine on the tiny model: batched = single, streaming, limits, hot-swap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from models.engine import (
+    Engine,
+    EngineLimits,
+    GenerationRequest,
+    InvalidRequest,
+    QueueFull,
+    RequestCancelled,
+)
+from models.healthgpt import HealthGPT, Request
+from models.spec import ModelSpec
+from models.tiny import build_tiny
+
+QUESTIONS = ["What is shown?", "Is there a fracture in the left wrist?", "Describe", "Any effusion?"]
+
+
+def _image(color: int) -> Image.Image:
+    return Image.new("RGB", (40, 32), (color, 255 - color, color // 2))
+
+
+def _single(model: HealthGPT, request: GenerationRequest) -> list[int]:
+    (answer,) = model.generate(
+        [Request(request.question, request.image, request.plugin, request.max_new_tokens)]
+    )
+    return answer.token_ids
+
+
+@pytest.fixture
+def engine(tiny_model: HealthGPT):
+    engine = Engine(tiny_model, EngineLimits(max_batch=4, max_queue=8, max_new_tokens=64))
+    yield engine
+    engine.close()
+
+
+def test_batched_rows_of_mixed_plugins_equal_single_requests(engine: Engine, tiny_model: HealthGPT) -> None:
+    requests = [
+        GenerationRequest(q, _image(40 * i) if i % 2 else None, plugin, max_new_tokens=6 + 3 * i)
+        for i, (q, plugin) in enumerate(zip(QUESTIONS * 2, ["comprehension", "generation"] * 4, strict=True))
+    ]
+    jobs = [engine.submit(r) for r in requests]  # 8 requests, batch of 4: rows join as others leave
+    answers = [job.result(timeout_s=120) for job in jobs]
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.token_ids == _single(tiny_model, request)
+        assert answer.adapter_version == "tiny-seed0-v1"
+        assert len(answer.logprobs) == len(answer.token_ids)
+
+
+def test_a_request_joining_mid_generation_is_unaffected(engine: Engine, tiny_model: HealthGPT) -> None:
+    long = GenerationRequest("Describe every finding in detail.", _image(10), max_new_tokens=40)
+    first = engine.submit(long)
+    stream = first.tokens(timeout_s=60)
+    next(stream), next(stream), next(stream)  # the long request is decoding
+    late = GenerationRequest("Any effusion?", None, "generation", max_new_tokens=5)
+    joined = engine.submit(late)
+    assert joined.result(60).token_ids == _single(tiny_model, late)
+    assert first.result(60).token_ids == _single(tiny_model, long)
+
+
+def test_streamed_text_adds_up_to_the_answer(engine: Engine) -> None:
+    job = engine.submit(GenerationRequest("What is shown?", _image(99), max_new_tokens=12))
+    events = list(job.tokens(timeout_s=60))
+    answer = job.result(1)
+    assert [e.token_id for e in events] == answer.token_ids
+    assert "".join(e.text for e in events).strip() == answer.text
+    assert job.time_to_first_token_s is not None and job.time_to_first_token_s <= answer.seconds
+
+
+def test_a_stop_string_ends_the_answer_before_it(engine: Engine) -> None:
+    # Find an answer with a substring whose first occurrence is past the start (random weights repeat).
+    for question, color in [(q, c) for q in QUESTIONS for c in (None, 10, 200)]:
+        image = None if color is None else _image(color)
+        full = engine.generate(GenerationRequest(question, image, max_new_tokens=30), timeout_s=60)
+        text = full.text
+        candidates = [text[i : i + 3] for i in range(1, len(text) - 3) if text.find(text[i : i + 3]) == i]
+        if candidates:
+            break
+    else:
+        pytest.fail("no answer of the tiny model has a usable stop string")
+    stop = candidates[len(candidates) // 2]
+    stopped = engine.generate(
+        GenerationRequest(question, image, max_new_tokens=30, stop=[stop]), timeout_s=60
+    )
+    assert stopped.text == text[: text.find(stop)].rstrip()
+    assert len(stopped.token_ids) < len(full.token_ids)
+    assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
+
+
+def test_limits_are_enforced_before_anything_runs(tiny_model: HealthGPT) -> None:
+    engine = Engine(tiny_model, EngineLimits(max_batch=1, max_queue=2, max_new_tokens=64))
+    try:
+        with pytest.raises(InvalidRequest, match="unknown plugin"):
+            engine.submit(GenerationRequest("q", plugin="nope"))
+        with pytest.raises(InvalidRequest, match="max_new_tokens"):
+            engine.submit(GenerationRequest("q", max_new_tokens=65))
+        running = engine.submit(GenerationRequest("Describe every finding.", max_new_tokens=64))
+        next(running.tokens(timeout_s=60))
+        queued = [engine.submit(GenerationRequest("q", max_new_tokens=2)) for _ in range(2)]
+        with pytest.raises(QueueFull) as refused:
+            engine.submit(GenerationRequest("q", max_new_tokens=2))
+        assert refused.value.retry_after_s >= 1
+        running.cancel()
+        with pytest.raises(RequestCancelled):
+            running.result(60)
+        assert all(job.result(60).token_ids for job in queued), "the freed slot served the queue"
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_frees_its_slot(engine: Engine) -> None:
+    job = engine.submit(GenerationRequest("Describe every finding in detail.", max_new_tokens=60))
+    next(job.tokens(timeout_s=60))
+    job.cancel()
+    with pytest.raises(RequestCancelled):
+        job.result(60)
+    deadline = time.monotonic() + 10
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active == 0
+
+
+def test_hot_swap_keeps_running_rows_on_their_version(
+    engine: Engine, tiny_model: HealthGPT, tmp_path: Path
+) -> None:
+    other = ModelSpec.from_yaml(build_tiny(tmp_path / "tiny-seed3", seed=3))
+    new_version = other.plugins["comprehension"]
+    request = GenerationRequest("Describe every finding in detail.", max_new_tokens=40)
+    expected_old = _single(tiny_model, request)
+    running = engine.submit(request)
+    next(running.tokens(timeout_s=60))
+    engine.load_adapter("comprehension", "v2", new_version)
+    assert engine.plugins["comprehension"] == "v2"
+    fresh = engine.generate(GenerationRequest(request.question, max_new_tokens=40), timeout_s=60)
+    old = running.result(60)
+    assert (old.adapter_version, old.token_ids) == ("tiny-seed0-v1", expected_old)
+    assert fresh.adapter_version == "v2" and fresh.token_ids != expected_old
+    # The old version is the spec's own and stays loaded; a second swap frees the runtime-loaded v2.
+    engine.load_adapter("comprehension", "v3", other.plugins["generation"])
+    engine.generate(GenerationRequest("q", max_new_tokens=1), timeout_s=60)
+    assert "comprehension@v2" not in tiny_model.spec.plugins and "comprehension@v3" in tiny_model.spec.plugins
