@@ -99,7 +99,7 @@ class HealthGPT:
     """Loads a :class:`ModelSpec`; answers and scores requests, batched across plugins."""
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
-        self.spec = spec
+        self.spec = spec.model_copy(deep=True)  # our own: plugins loaded at runtime are added to it
         self.device = torch.device(device)
         self.dtype = getattr(torch, spec.dtype)
         self.template = get_template(spec.template)

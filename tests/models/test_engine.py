@@ -127,9 +127,16 @@ def test_a_cancelled_request_frees_its_slot(engine: Engine) -> None:
     assert engine.active == 0
 
 
-def test_hot_swap_keeps_running_rows_on_their_version(
-    engine: Engine, tiny_model: HealthGPT, tmp_path: Path
-) -> None:
+def test_hot_swap_keeps_running_rows_on_their_version(tiny_spec: ModelSpec, tmp_path: Path) -> None:
+    tiny_model = HealthGPT(tiny_spec)  # its own copy: this test loads and frees plugins
+    engine = Engine(tiny_model, EngineLimits(max_batch=4))
+    try:
+        _check_hot_swap(engine, tiny_model, tmp_path)
+    finally:
+        engine.close()
+
+
+def _check_hot_swap(engine: Engine, tiny_model: HealthGPT, tmp_path: Path) -> None:
     other = ModelSpec.from_yaml(build_tiny(tmp_path / "tiny-seed3", seed=3))
     new_version = other.plugins["comprehension"]
     request = GenerationRequest("Describe every finding in detail.", max_new_tokens=40)
@@ -145,4 +152,7 @@ def test_hot_swap_keeps_running_rows_on_their_version(
     # The old version is the spec's own and stays loaded; a second swap frees the runtime-loaded v2.
     engine.load_adapter("comprehension", "v3", other.plugins["generation"])
     engine.generate(GenerationRequest("q", max_new_tokens=1), timeout_s=60)
+    deadline = time.monotonic() + 10  # freed right after the step that finished the last v2 row
+    while "comprehension@v2" in tiny_model.spec.plugins and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert "comprehension@v2" not in tiny_model.spec.plugins and "comprehension@v3" in tiny_model.spec.plugins
