@@ -196,7 +196,16 @@ class Engine:
         return self.submit(request).result(timeout_s)
 
     def adapter_version(self, plugin: str) -> str:
-        return self._aliases[plugin][1]
+        return self.resolve(plugin)[1]
+
+    def resolve(self, plugin: str) -> tuple[str, str]:
+        """The loaded plugin key and adapter version serving ``plugin`` now (for work outside the loop)."""
+        try:
+            return self._aliases[plugin]
+        except KeyError:
+            raise InvalidRequest(
+                f"unknown plugin {plugin!r}; this model has {sorted(self._aliases)}"
+            ) from None
 
     @property
     def plugins(self) -> dict[str, str]:
@@ -242,8 +251,10 @@ class Engine:
     def _validate(self, request: GenerationRequest) -> None:
         if request.plugin not in self._aliases:
             raise InvalidRequest(f"unknown plugin {request.plugin!r}; this model has {sorted(self._aliases)}")
-        if not 1 <= request.max_new_tokens <= self.limits.max_new_tokens:
-            raise InvalidRequest(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens}")
+        # An image takes exactly its grid of VQ tokens (+ the end marker and stop), whatever the text cap.
+        cap = self.limits.max_new_tokens if request.constrain_vq is None else request.constrain_vq + 2
+        if not 1 <= request.max_new_tokens <= cap:
+            raise InvalidRequest(f"max_new_tokens must be between 1 and {cap}")
         if any(not s for s in request.stop):
             raise InvalidRequest("stop strings must not be empty")
 

@@ -471,23 +471,33 @@ class HealthGPT:
         start = int(self.vq_token_ids[0])
         return [t - start for t in token_ids if start <= t < start + self.spec.vq_tokens]
 
+    def image_token_count(self, plugin: str = "generation") -> int:
+        """How many VQ tokens an image of ``plugin`` takes: the VQGAN grid's cells."""
+        if self.spec.plugins.get(plugin) is None or self.spec.plugins[plugin].task != "generation":
+            raise ValueError(f"{plugin!r} is not a generation plugin of this model")
+        vqgan = self._vqgan()
+        if self.spec.vq_tokens > vqgan.n_embed:
+            raise ValueError(f"{self.spec.vq_tokens} VQ tokens but the VQGAN codebook has {vqgan.n_embed}")
+        return vqgan.grid[0] * vqgan.grid[1]
+
+    @torch.no_grad()
+    def image_from_tokens(self, token_ids: Sequence[int]) -> tuple[Image.Image, list[int]]:
+        """The VQGAN decode of generated ids, with the official post-processing; and the indices."""
+        from models.vqgan import to_uint8_image
+
+        vqgan = self._vqgan()
+        indices = self.vq_indices(token_ids)
+        return to_uint8_image(vqgan.decode_indices(indices, vqgan.grid)), indices
+
     @torch.no_grad()
     def generate_image(
         self, instruction: str, image: Image.Image | None = None, plugin: str = "generation"
     ) -> tuple[Image.Image, list[int]]:
         """Image generation: exactly the VQGAN grid's number of VQ tokens (constrained greedy), then the
         VQGAN decode with the official post-processing. Returns the image and its VQ indices."""
-        if self.spec.plugins.get(plugin) is None or self.spec.plugins[plugin].task != "generation":
-            raise ValueError(f"{plugin!r} is not a generation plugin of this model")
-        vqgan = self._vqgan()
-        cells = vqgan.grid[0] * vqgan.grid[1]
-        if self.spec.vq_tokens > vqgan.n_embed:
-            raise ValueError(f"{self.spec.vq_tokens} VQ tokens but the VQGAN codebook has {vqgan.n_embed}")
+        cells = self.image_token_count(plugin)
         (answer,) = self.generate([Request(instruction, image, plugin, cells + 2, constrain_vq=cells)])
-        indices = self.vq_indices(answer.token_ids)
-        from models.vqgan import to_uint8_image
-
-        return to_uint8_image(vqgan.decode_indices(indices, vqgan.grid)), indices
+        return self.image_from_tokens(answer.token_ids)
 
     def _vqgan(self):
         if self.spec.vqgan is None:

@@ -15,6 +15,7 @@ import typer
 from serving.admin_cli import audit_app, prune_command, users_app
 from serving.dicom_cli import dicom_app
 from serving.model_cli import model_app
+from serving.pacs_cli import pacs_app
 from serving.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.add_typer(dicom_app, name="dicom")
+app.add_typer(pacs_app, name="pacs")
 db_app.command("prune")(prune_command)
 
 ConfigOption = Annotated[

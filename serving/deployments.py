@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -9,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.settings import Settings
 from tools.healthgpt import (
+    AskChunk,
     AskRequest,
     AskResult,
     ImageRequest,
@@ -21,11 +24,12 @@ from tools.healthgpt import (
 
 @serve.deployment(name="HealthGPT", health_check_period_s=15, health_check_timeout_s=60)
 class HealthGPTDeployment:
-    """One replica = one copy of the base model with every plugin resident (a GPU where there is one)."""
+    """One replica = one base model with every plugin resident and a batching engine in front of it."""
 
     def __init__(self, settings: dict[str, Any], role: str = "primary") -> None:
         import torch
 
+        from models.engine import Engine, EngineLimits
         from models.healthgpt import HealthGPT
         from models.tiny import resolve_spec
         from tools.healthgpt import InProcessHealthGPT
@@ -36,26 +40,62 @@ class HealthGPTDeployment:
         else:
             spec = resolve_spec(config.model_spec, config.model_dir, config.model_seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.client = InProcessHealthGPT(HealthGPT(spec, device=device))
+        model = HealthGPT(spec, device=device)
+        engine = Engine(model, EngineLimits(**config.engine.model_dump()))
+        self.client = InProcessHealthGPT(model, engine, timeout_s=config.engine.request_timeout_s)
 
-    def ask(self, request: AskRequest) -> AskResult:
-        return self.client.ask(request)
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Adapter hot-swap: load each named version beside the old one and switch between steps.
 
-    def generate_image(self, request: ImageRequest) -> ImageResult:
-        return self.client.generate_image(request)
+        ``user_config``: ``{"adapters": {"comprehension": {"version": "2026-11-20", "weights":
+        ["/adapters/c.safetensors"]}}}`` (r, alpha, experts, vision_layer default to the current plugin's).
+        """
+        from models.spec import PluginSpec
 
-    def score(self, request: ScoreRequest) -> ScoreResult:
-        return self.client.score(request)
+        for plugin, entry in (user_config.get("adapters") or {}).items():
+            entry = dict(entry)
+            version = str(entry.pop("version"))
+            current = self.client.model.spec.plugins[self.client.engine.resolve(plugin)[0]]
+            spec = PluginSpec.model_validate({**current.model_dump(), **entry})
+            self.client.engine.load_adapter(plugin, version, spec)
+
+    async def ask(self, request: AskRequest) -> AskResult:
+        job = self.client.submit(request)
+        try:
+            answer = await asyncio.to_thread(job.result, self.client.timeout_s)
+        except asyncio.CancelledError:
+            job.cancel()  # the caller went away (HTTP disconnect or cancelled handle call): free the row
+            raise
+        return self.client.to_result(answer)
+
+    async def ask_stream(self, request: AskRequest) -> AsyncIterator[AskChunk]:
+        """Streamed over ``handle.options(stream=True)``; cancelling the stream frees the row."""
+        job = self.client.submit(request)
+        events = job.tokens(self.client.timeout_s)
+        try:
+            while (event := await asyncio.to_thread(next, events, None)) is not None:
+                if event.text:
+                    yield AskChunk(delta=event.text)
+            yield AskChunk(result=self.client.to_result(job.result(self.client.timeout_s)))
+        finally:
+            if not job.done:
+                job.cancel()
+
+    async def generate_image(self, request: ImageRequest) -> ImageResult:
+        return await asyncio.to_thread(self.client.generate_image, request)
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        return await asyncio.to_thread(self.client.score, request)
 
     def info(self) -> ModelHealth:
         return self.client.info()
 
-    def health(self) -> ModelHealth:
-        return self.client.health()
+    async def health(self) -> ModelHealth:
+        return await asyncio.to_thread(self.client.health)
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Ray Serve's replica health check: a real forward pass, so a wedged model is replaced."""
-        self.client.health()
+        await asyncio.to_thread(self.client.health)
 
 
 @serve.deployment(name="Gateway")
@@ -84,19 +124,51 @@ class Gateway:
             services.close()
 
 
+def model_deployment_options(settings: Settings, name: str = "HealthGPT") -> dict[str, Any]:
+    """Replica resources, scaling and queue bounds of a HealthGPT deployment, from settings."""
+    ray, engine = settings.ray, settings.engine
+    options: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": ray.model_num_cpus, "num_gpus": ray.model_num_gpus},
+        # Serve may hand a replica as many requests as its engine can batch and queue; beyond that,
+        # requests wait in Serve (bounded) and then get a back-pressure error (503 + Retry-After).
+        "max_ongoing_requests": engine.max_batch + engine.max_queue,
+        "max_queued_requests": ray.model_max_queued_requests,
+    }
+    if ray.model_autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": ray.model_min_replicas,
+            "max_replicas": ray.model_max_replicas,
+            "target_ongoing_requests": ray.model_target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = ray.model_replicas
+    return options
+
+
 def build_application(settings: Settings):
-    """The Ray Serve application graph: Gateway -> HealthGPT."""
-    ray = settings.ray
+    """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade)."""
     shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})
-    resources = {"num_cpus": ray.model_num_cpus, "num_gpus": ray.model_num_gpus}
-    model = HealthGPTDeployment.options(
-        num_replicas=ray.model_replicas, ray_actor_options=resources
-    ).bind(shipped)
+    model = HealthGPTDeployment.options(**model_deployment_options(settings)).bind(shipped)
     escalation = None
     if settings.cascade.enabled:
         escalation = HealthGPTDeployment.options(
-            name="HealthGPTEscalation", num_replicas=ray.model_replicas, ray_actor_options=resources
+            **model_deployment_options(settings, "HealthGPTEscalation")
         ).bind(shipped, "escalation")
     return Gateway.options(
-        num_replicas=ray.gateway_replicas, ray_actor_options={"num_cpus": ray.gateway_num_cpus}
+        num_replicas=settings.ray.gateway_replicas,
+        ray_actor_options={"num_cpus": settings.ray.gateway_num_cpus},
     ).bind(shipped, model, escalation)
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point of ``serve run`` / ``serve deploy`` configs (``serving.deployments:app_builder``).
+
+    ``args`` may name a settings YAML (``config``) and override any setting; the database must already be
+    migrated (``healthagent db upgrade``) and the model built (``healthagent serve`` does both locally).
+    """
+    from serving.settings import load_settings
+
+    args = dict(args or {})
+    settings = load_settings(args.pop("config", None), **args)
+    return build_application(settings)

@@ -2,6 +2,77 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Literal
+
 import typer
 
 dicom_app = typer.Typer(help="DICOM files: inspect, decode, de-identify.", no_args_is_help=True)
+
+
+@dicom_app.command("deid")
+def deid_command(
+    source: Annotated[
+        Path, typer.Argument(metavar="IN", help="A DICOM file, or a folder of them.", exists=True)
+    ],
+    dest: Annotated[Path, typer.Argument(metavar="OUT", help="Output file, or a folder that mirrors IN.")],
+    burned_in: Annotated[
+        Literal["refuse", "blank"],
+        typer.Option(
+            "--burned-in",
+            help="Images that may carry burned-in text: refuse them, or black out the top and bottom 10% "
+            "of rows (a heuristic: text elsewhere survives).",
+        ),
+    ] = "refuse",
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="Secret key for pseudonyms, UIDs and date shifts (else $HEALTHAGENT_DEID_KEY, else "
+            "<data_dir>/deid.key, created on first use).",
+        ),
+    ] = None,
+) -> None:
+    """De-identify DICOM files: PS3.15 Basic Profile, shifted dates, consistent pseudonyms and UIDs."""
+    import os
+
+    from serving.settings import load_settings
+    from tools.deid import DeidOptions, check_key, deidentify_path, load_or_create_key, read_key_file
+
+    if dest.resolve() == source.resolve() or (source.is_dir() and dest.exists() and not dest.is_dir()):
+        typer.secho("OUT must be a new file or folder, not the input itself", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        if key_file is not None:
+            key, origin = read_key_file(key_file), str(key_file)
+        elif os.environ.get("HEALTHAGENT_DEID_KEY"):
+            key, origin = check_key(os.environ["HEALTHAGENT_DEID_KEY"].encode()), "$HEALTHAGENT_DEID_KEY"
+        else:
+            path = load_settings().data_dir / "deid.key"
+            key, created = load_or_create_key(path)
+            origin = f"{path} ({'created now; ' if created else ''}keep it to keep pseudonyms stable)"
+    except (OSError, ValueError) as exc:
+        typer.secho(f"key: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"key: {origin}")
+
+    report = deidentify_path(
+        source,
+        dest,
+        key=key,
+        options=DeidOptions(burned_in=burned_in),
+        progress=lambda i, n, name, outcome: typer.echo(f"[{i}/{n}] {name}: {outcome}", err=True),
+    )
+    typer.echo(f"done: {len(report.done)} file(s) -> {dest}")
+    if report.blanked:
+        typer.echo(
+            f"  of which {len(report.blanked)} blanked heuristically (text outside the bands survives):"
+        )
+        for name in report.blanked:
+            typer.echo(f"    {name}")
+    for label, problems in (("refused", report.refused), ("failed", report.failed)):
+        if problems:
+            typer.echo(f"{label}: {len(problems)}")
+            for problem in problems:
+                typer.echo(f"  {problem.path}: {problem.reason}")
+    raise typer.Exit(0 if report.all_done else 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -12,7 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from tools.pacs import PacsClient, PacsConfig, PacsError, StudyQuery
+from tools.pacs import PacsClient, PacsConfig, PacsError, StudyQuery, is_dicom_uid
 
 pacs_app = typer.Typer(help="The PACS over DICOMweb: search, retrieve, store.", no_args_is_help=True)
 
@@ -30,7 +29,6 @@ UserOption = Annotated[str | None, typer.Option("--username", envvar="HEALTHAGEN
 PasswordOption = Annotated[
     str | None, typer.Option("--password", envvar="HEALTHAGENT_PACS__PASSWORD", help="Prefer the variable.")
 ]
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -49,6 +47,12 @@ def _pacs(url: str, timeout: float, username: str | None, password: str | None) 
             yield client
     except PacsError as exc:
         raise _fail(str(exc)) from exc
+
+
+def _uid(value: str | None) -> str | None:
+    if value is not None and not is_dicom_uid(value):
+        raise typer.BadParameter(f"{value!r} is not a DICOM UID (digits and dots)")
+    return value
 
 
 def _day(text: str) -> date | None:
@@ -74,7 +78,9 @@ def search(
     study_date: Annotated[str | None, typer.Option("--date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD.")] = None,
     modality: Annotated[str | None, typer.Option("--modality", help="e.g. CT, MR.")] = None,
     accession: Annotated[str | None, typer.Option("--accession")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="List this study's series instead.")] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="List this study's series instead.", callback=_uid)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     timeout: TimeoutOption = 30.0,
@@ -120,7 +126,7 @@ def search(
 
 @pacs_app.command("retrieve")
 def retrieve(
-    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.", callback=_uid)],
     outdir: Annotated[Path, typer.Argument(help="Folder for the .dcm files (created).", file_okay=False)],
     url: UrlOption,
     timeout: TimeoutOption = 30.0,
@@ -134,7 +140,7 @@ def retrieve(
     for index, ds in enumerate(instances, start=1):
         uid = str(ds.get("SOPInstanceUID", ""))
         # The name comes from the PACS: only a well-formed UID may become a file name.
-        name = f"{uid}.dcm" if _UID.match(uid) else f"instance-{index:05d}.dcm"
+        name = f"{uid}.dcm" if is_dicom_uid(uid) else f"instance-{index:05d}.dcm"
         ds.save_as(outdir / name, enforce_file_format=True)
     typer.echo(f"{len(instances)} instance(s) of {study_uid} written to {outdir}")
 

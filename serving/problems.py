@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.engine import EngineClosed, EngineError, InvalidRequest, QueueFull, RequestTimedOut
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -65,6 +68,21 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
 
 
+def _engine_problem(exc: EngineError) -> JSONResponse:
+    """The engine's refusals, whether raised here or re-raised from a replica through Ray."""
+    if isinstance(exc, InvalidRequest):
+        return problem_response(422, str(exc).splitlines()[0])
+    if isinstance(exc, RequestTimedOut):
+        return problem_response(504, "the model did not answer in time")
+    retry = exc.retry_after_s
+    if isinstance(exc, QueueFull | EngineClosed) or retry is not None:
+        return problem_response(
+            503, "the model is busy; retry shortly", headers={"Retry-After": str(max(1, round(retry or 5)))}
+        )
+    log.error("model error: %s", exc)
+    return problem_response(502, "the model failed to answer; the incident was logged")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, exc: Problem) -> JSONResponse:
@@ -83,6 +101,16 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(EngineError)
+    async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
+        return _engine_problem(exc)
+
+    @app.exception_handler(BackPressureError)
+    async def _back_pressure(_request: Request, exc: BackPressureError) -> JSONResponse:
+        return problem_response(
+            503, "the model service is at capacity; retry shortly", headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

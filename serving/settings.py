@@ -32,9 +32,28 @@ class RaySettings(BaseModel):
     num_cpus: int | None = Field(default=None, description="CPUs for a local Ray (None = all).")
     model_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per HealthGPT replica.")
     model_num_cpus: float = Field(default=1.0, ge=0)
-    model_replicas: int = Field(default=1, ge=1)
+    model_replicas: int = Field(default=1, ge=1, description="Fixed replica count (when not autoscaling).")
+    model_autoscaling: bool = Field(default=False, description="Scale HealthGPT replicas with the load.")
+    model_min_replicas: int = Field(default=1, ge=0)
+    model_max_replicas: int = Field(default=4, ge=1)
+    model_target_ongoing_requests: float = Field(
+        default=8.0, gt=0, description="Autoscaling target: requests in flight per replica."
+    )
+    model_max_queued_requests: int = Field(
+        default=256, ge=-1, description="Requests Serve holds for busy replicas before refusing; -1: no cap."
+    )
     gateway_num_cpus: float = Field(default=0.5, ge=0)
     gateway_replicas: int = Field(default=1, ge=1)
+
+
+class EngineSettings(BaseModel):
+    """The batching engine of each HealthGPT replica."""
+
+    max_batch: int = Field(default=8, ge=1, description="Rows decoded together.")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting for a row; beyond it, 503.")
+    max_prompt_tokens: int = Field(default=4096, ge=16)
+    max_new_tokens: int = Field(default=1024, ge=1, description="Cap on generated text tokens.")
+    request_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class RateLimitSettings(BaseModel):
@@ -81,6 +100,7 @@ class Settings(BaseSettings):
     admin_phi_access: bool = Field(
         default=False, description="Let admins read (never write) patient records. Off: admins see no PHI."
     )
+    engine: EngineSettings = EngineSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     pixel_dir: Path | None = Field(
         default=None, description="Content-addressed store of uploaded images; empty = data_dir/pixels."

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from models.healthgpt import HealthGPT
+from models.engine import Engine, GenerationRequest, Job
+from models.healthgpt import Answer, HealthGPT
 from tools.images import decode_image
 
 
@@ -36,6 +38,7 @@ class AskRequest(BaseModel):
     image: bytes | None = Field(default=None, description="A validated upload (PNG, JPEG, ...).")
     plugin: str = "comprehension"
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    stop: list[str] = Field(default_factory=list, max_length=8, description="End the answer before these.")
     complex: bool = Field(default=False, description="Flagged complex: a cascade goes to the large model.")
 
 
@@ -125,64 +128,105 @@ class ScoreResult(BaseModel):
 class ModelHealth(BaseModel):
     model: str
     plugins: list[str]
+    adapter_versions: dict[str, str] = Field(default_factory=dict)
     demo_weights: bool
 
 
 class HealthGPTClient(Protocol):
     def ask(self, request: AskRequest) -> AskResult: ...
+    def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]: ...
     def generate_image(self, request: ImageRequest) -> ImageResult: ...
     def score(self, request: ScoreRequest) -> ScoreResult: ...
     def info(self) -> ModelHealth: ...  # identity only, no forward pass
     def health(self) -> ModelHealth: ...  # identity, after a forward pass through every plugin
 
 
+class AskChunk(BaseModel):
+    """One piece of a streamed answer: text as it is decoded; the last chunk carries the result."""
+
+    delta: str = ""
+    result: AskResult | None = None
+
+
 class InProcessHealthGPT:
-    """Runs the model in this process."""
+    """Runs the model in this process, through the batching engine (concurrent calls share batches)."""
 
-    def __init__(self, model: HealthGPT) -> None:
+    def __init__(self, model: HealthGPT, engine: Engine | None = None, timeout_s: float = 300.0) -> None:
         self.model = model
+        self.engine = engine or Engine(model)
+        self.timeout_s = timeout_s
 
-    def _provenance(self, plugin: str, seconds: float) -> Provenance:
+    def close(self) -> None:
+        self.engine.close()
+
+    def _provenance(self, plugin: str, seconds: float, version: str | None = None) -> Provenance:
         spec = self.model.spec
         return Provenance(
             model=spec.name,
             plugin=plugin,
-            adapter_version=spec.adapter_version,
+            adapter_version=version or self.engine.adapter_version(plugin),
             demo_weights=spec.demo_weights,
             seconds=seconds,
         )
 
-    def ask(self, request: AskRequest) -> AskResult:
+    def submit(self, request: AskRequest) -> Job:
+        """Queue ``request`` in the engine; the job streams tokens and gives the answer (see to_result)."""
         image = decode_image(request.image) if request.image is not None else None
-        answer = self.model.ask(
-            request.question, image, plugin=request.plugin, max_new_tokens=request.max_new_tokens
+        return self.engine.submit(
+            GenerationRequest(
+                request.question, image, request.plugin, request.max_new_tokens, stop=tuple(request.stop)
+            )
         )
+
+    def to_result(self, answer: Answer) -> AskResult:
         return AskResult(
             text=answer.text,
             token_ids=answer.token_ids,
             mean_logprob=min(0.0, answer.mean_logprob),
-            provenance=self._provenance(answer.plugin, answer.seconds),
+            provenance=self._provenance(answer.plugin, answer.seconds, answer.adapter_version),
         )
+
+    def ask(self, request: AskRequest) -> AskResult:
+        return self.to_result(self.submit(request).result(self.timeout_s))
+
+    def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
+        """Yields text as it is decoded, then the full result; closing the iterator cancels the request."""
+        job = self.submit(request)
+        try:
+            for event in job.tokens(self.timeout_s):
+                if event.text:
+                    yield AskChunk(delta=event.text)
+            yield AskChunk(result=self.to_result(job.result(self.timeout_s)))
+        finally:
+            if not job.done:
+                job.cancel()  # the consumer went away: free the batch slot
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
         prompt = request.prompt()
         source = decode_image(request.image) if request.image is not None else None
         started = time.perf_counter()
-        image, indices = self.model.generate_image(prompt, source, plugin=request.plugin)
+        cells = self.model.image_token_count(request.plugin)
+        answer = self.engine.generate(
+            GenerationRequest(prompt, source, request.plugin, cells + 2, constrain_vq=cells), self.timeout_s
+        )
+        image, indices = self.model.image_from_tokens(answer.token_ids)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return ImageResult(
             png=buffer.getvalue(),
             vq_indices=indices,
-            provenance=self._provenance(request.plugin, time.perf_counter() - started),
+            provenance=self._provenance(
+                request.plugin, time.perf_counter() - started, answer.adapter_version
+            ),
         )
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         image = decode_image(request.image) if request.image is not None else None
         started = time.perf_counter()
+        key, version = self.engine.resolve(request.plugin)
         scored = []
         for choice in request.choices:
-            score = self.model.score(request.question, choice, image, plugin=request.plugin)
+            score = self.model.score(request.question, choice, image, plugin=key)
             total = score.sum_logprob
             mean = total / len(score.logprobs)
             scored.append(ChoiceScore(choice=choice, sum_logprob=total, mean_logprob=mean))
@@ -191,17 +235,22 @@ class InProcessHealthGPT:
         return ScoreResult(
             best_index=best,
             choices=scored,
-            provenance=self._provenance(request.plugin, time.perf_counter() - started),
+            provenance=self._provenance(request.plugin, time.perf_counter() - started, version),
         )
 
     def info(self) -> ModelHealth:
         spec = self.model.spec
-        return ModelHealth(model=spec.name, plugins=sorted(spec.plugins), demo_weights=spec.demo_weights)
+        return ModelHealth(
+            model=spec.name,
+            plugins=sorted(self.engine.plugins),
+            adapter_versions=self.engine.plugins,
+            demo_weights=spec.demo_weights,
+        )
 
     def health(self) -> ModelHealth:
-        """A one-token forward pass through every plugin: proves the weights answer, not just load."""
-        for plugin in self.model.spec.plugins:
-            self.model.ask("ping", None, plugin=plugin, max_new_tokens=1)
+        """A one-token pass through every plugin and the engine: proves the weights answer, not just load."""
+        for plugin in self.engine.plugins:
+            self.engine.generate(GenerationRequest("ping", None, plugin, 1), timeout_s=60)
         return self.info()
 
 
@@ -217,6 +266,9 @@ class RayServeHealthGPT:
 
     def ask(self, request: AskRequest) -> AskResult:
         return self.handle.ask.remote(request).result(timeout_s=self.timeout_s)
+
+    def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
+        yield from self.handle.options(stream=True).ask_stream.remote(request)
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
         return self.handle.generate_image.remote(request).result(timeout_s=self.timeout_s)
@@ -270,6 +322,26 @@ class CascadeHealthGPT:
         if first is not None:
             second.provenance.seconds += first.provenance.seconds
         return second
+
+    def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
+        """The small model's answer cannot be streamed before its confidence is known: it arrives whole;
+        an escalated answer streams from the large model."""
+        reason = self._reason(request.complex, None)
+        spent = 0.0
+        if reason is None:
+            first = self.primary.ask(request)
+            reason = self._reason(False, first.mean_logprob)
+            if reason is None:
+                yield AskChunk(delta=first.text)
+                yield AskChunk(result=first)
+                return
+            spent = first.provenance.seconds
+        for chunk in self.escalation.ask_stream(request):
+            if chunk.result is not None:
+                chunk.result.provenance.escalated_from = self.primary.info().model
+                chunk.result.provenance.escalation_reason = reason
+                chunk.result.provenance.seconds += spent
+            yield chunk
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
         return self.primary.generate_image(request)

@@ -125,3 +125,28 @@ def test_complex_cases_go_straight_to_the_large_model(small, large) -> None:
     assert not_escalated.provenance.model == "tiny-seed0"
 
     assert _cascade(small, large).info().model == "tiny-seed0+tiny-seed1"
+
+
+def test_streaming_yields_the_answer_piece_by_piece(small, large) -> None:
+    request = AskRequest(question="Describe the image.", image=_png(), max_new_tokens=8)
+    chunks = list(small.ask_stream(request))
+    result = chunks[-1].result
+    assert result is not None and all(c.result is None for c in chunks[:-1])
+    assert "".join(c.delta for c in chunks).strip() == result.text
+    assert result.token_ids == small.ask(request).token_ids
+    escalated = list(_cascade(small, large, min_mean_logprob=0.0).ask_stream(request))
+    final = escalated[-1].result
+    assert final.provenance.model == "tiny-seed1" and final.provenance.escalated_from == "tiny-seed0"
+    assert "".join(c.delta for c in escalated).strip() == final.text
+
+
+def test_closing_a_stream_early_cancels_the_request(small) -> None:
+    stream = small.ask_stream(AskRequest(question="Describe every finding.", max_new_tokens=60))
+    next(stream)
+    stream.close()
+    import time
+
+    deadline = time.monotonic() + 10
+    while small.engine.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert small.engine.active == 0
