@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -105,6 +106,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
         return _engine_problem(exc)
+
+    @app.exception_handler(RayActorError)
+    async def _replica_died(_request: Request, exc: RayActorError) -> JSONResponse:
+        log.error("model replica died during a request: %s", str(exc).splitlines()[0])
+        return problem_response(
+            503, "the model service restarted; retry shortly", headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(BackPressureError)
     async def _back_pressure(_request: Request, exc: BackPressureError) -> JSONResponse:

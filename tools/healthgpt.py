@@ -257,30 +257,47 @@ class InProcessHealthGPT:
 class RayServeHealthGPT:
     """Calls a HealthGPT Ray Serve deployment; ``handle`` is its ``DeploymentHandle``.
 
-    Call from a worker thread, not from an event loop (``.result()`` blocks).
+    A request caught on a replica that dies is sent again (generation has no side effects), up to
+    ``retries`` times; Serve routes the retry to a live replica. Call from a worker thread, not from an
+    event loop (``.result()`` blocks).
     """
 
-    def __init__(self, handle: Any, timeout_s: float = 300.0) -> None:
+    def __init__(self, handle: Any, timeout_s: float = 300.0, retries: int = 2) -> None:
         self.handle = handle
         self.timeout_s = timeout_s
+        self.retries = retries
+
+    def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        from ray.exceptions import RayActorError
+
+        for attempt in range(self.retries + 1):
+            try:
+                return (
+                    getattr(self.handle, method).remote(*args).result(timeout_s=timeout_s or self.timeout_s)
+                )
+            except RayActorError:
+                if attempt == self.retries:
+                    raise
+        raise AssertionError("unreachable")
 
     def ask(self, request: AskRequest) -> AskResult:
-        return self.handle.ask.remote(request).result(timeout_s=self.timeout_s)
+        return self._call("ask", request)
 
     def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
+        # Not retried: part of the answer may already be on its way to the user.
         yield from self.handle.options(stream=True).ask_stream.remote(request)
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
-        return self.handle.generate_image.remote(request).result(timeout_s=self.timeout_s)
+        return self._call("generate_image", request)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
-        return self.handle.score.remote(request).result(timeout_s=self.timeout_s)
+        return self._call("score", request)
 
     def info(self) -> ModelHealth:
-        return self.handle.info.remote().result(timeout_s=30.0)
+        return self._call("info", timeout_s=30.0)
 
     def health(self) -> ModelHealth:
-        return self.handle.health.remote().result(timeout_s=30.0)
+        return self._call("health", timeout_s=60.0)
 
 
 class CascadeSettings(BaseModel):
