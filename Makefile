@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
-CONFIG ?= configs/local.yaml
+SERVE_CONFIG ?= configs/serve/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint clean
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/healthagent serve --config $(CONFIG)
+	$(BIN)/healthagent serve --serve-config $(SERVE_CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -44,13 +44,7 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    # Replicas may run with another working directory: ship absolute paths only.
-    updates: dict[str, object] = {"data_dir": settings.data_dir.resolve()}
-    if settings.model_spec != "tiny":
-        updates["model_spec"] = str(Path(settings.model_spec).resolve())
-    if settings.escalation_model_spec not in (None, "tiny"):
-        updates["escalation_model_spec"] = str(Path(settings.escalation_model_spec).resolve())
-    return settings.model_copy(update=updates)
+    return settings.with_absolute_paths()
 
 
 @app.command()
@@ -58,9 +52,29 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    serve_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--serve-config",
+            help="A Ray Serve config (configs/serve/*.yaml): settings file, overrides, deployment options.",
+        ),
+    ] = None,
 ) -> None:
     """Start the Ray Serve application (HealthGPT + gateway) and block until interrupted."""
-    settings = _settings(config, host=host, port=port)
+    overrides: dict[str, dict] = {}
+    args: dict = {}
+    if serve_config is not None:
+        from serving.deployments import load_serve_config
+
+        try:
+            args, overrides, http = load_serve_config(serve_config)
+        except (OSError, ValueError) as exc:
+            typer.secho(f"serve config: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+        config = config or args.pop("config", None)
+        args.pop("config", None)
+        host, port = host or http.get("host"), port or http.get("port")
+    settings = _settings(config, host=host, port=port, **args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home from a clinic
     started = time.perf_counter()
 
@@ -103,7 +117,9 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_application(settings), name="healthagent", route_prefix="/", blocking=False)
+        serve.run(
+            build_application(settings, overrides), name="healthagent", route_prefix="/", blocking=False
+        )
         url = f"http://{settings.host}:{settings.port}"
         typer.echo(f"Health Agent is ready at {url}  (API docs: {url}/docs)")
         typer.echo(f"started in {time.perf_counter() - started:.1f} s")

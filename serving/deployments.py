@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -146,19 +147,55 @@ def model_deployment_options(settings: Settings, name: str = "HealthGPT") -> dic
     return options
 
 
-def build_application(settings: Settings):
-    """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade)."""
+def build_application(settings: Settings, overrides: dict[str, dict[str, Any]] | None = None):
+    """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade).
+
+    ``overrides``: per-deployment options from a Serve config file (its ``deployments`` list, by name).
+    """
+    overrides = overrides or {}
+    settings = settings.with_absolute_paths()
     shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})
-    model = HealthGPTDeployment.options(**model_deployment_options(settings)).bind(shipped)
+
+    def options(name: str, base: dict[str, Any]) -> dict[str, Any]:
+        merged = {**base, **overrides.get(name, {})}
+        if "autoscaling_config" in overrides.get(name, {}):
+            merged.pop("num_replicas", None)
+        return merged
+
+    model = HealthGPTDeployment.options(**options("HealthGPT", model_deployment_options(settings))).bind(
+        shipped
+    )
     escalation = None
     if settings.cascade.enabled:
+        name = "HealthGPTEscalation"
         escalation = HealthGPTDeployment.options(
-            **model_deployment_options(settings, "HealthGPTEscalation")
+            **options(name, model_deployment_options(settings, name))
         ).bind(shipped, "escalation")
-    return Gateway.options(
-        num_replicas=settings.ray.gateway_replicas,
-        ray_actor_options={"num_cpus": settings.ray.gateway_num_cpus},
-    ).bind(shipped, model, escalation)
+    gateway = {
+        "num_replicas": settings.ray.gateway_replicas,
+        "ray_actor_options": {"num_cpus": settings.ray.gateway_num_cpus},
+    }
+    return Gateway.options(**options("Gateway", gateway)).bind(shipped, model, escalation)
+
+
+def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """A Serve config file (the ``serve deploy`` schema, checked by Ray): the first application's
+    ``args``, its per-deployment options by name, and the ``http_options``."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(Path(path).read_text())
+    schema = ServeDeploySchema.model_validate(raw)  # the same checks `serve deploy` makes
+    if len(schema.applications) != 1:
+        raise ValueError(f"{path}: expected exactly one application")
+    application = raw["applications"][0]
+    if application.get("import_path") != "serving.deployments:app_builder":
+        raise ValueError(f"{path}: import_path must be serving.deployments:app_builder")
+    deployments = {}
+    for entry in application.get("deployments", []):
+        entry = dict(entry)
+        deployments[entry.pop("name")] = entry
+    return dict(application.get("args") or {}), deployments, dict(raw.get("http_options") or {})
 
 
 def app_builder(args: dict[str, Any]):
@@ -171,4 +208,4 @@ def app_builder(args: dict[str, Any]):
 
     args = dict(args or {})
     settings = load_settings(args.pop("config", None), **args)
-    return build_application(settings)
+    return build_application(settings)  # Serve applies the config file's deployment options itself

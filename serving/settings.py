@@ -131,6 +131,15 @@ class Settings(BaseSettings):
                 raise ValueError("profile 'production' needs a redis_url")
         return self
 
+    def with_absolute_paths(self) -> Settings:
+        """Replicas may run with another working directory: ship absolute paths only."""
+        updates: dict[str, object] = {"data_dir": self.data_dir.resolve()}
+        if self.model_spec != "tiny":
+            updates["model_spec"] = str(Path(self.model_spec).resolve())
+        if self.escalation_model_spec not in (None, "tiny"):
+            updates["escalation_model_spec"] = str(Path(self.escalation_model_spec).resolve())
+        return self.model_copy(update=updates)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'healthagent.db').resolve()}"

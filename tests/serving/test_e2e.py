@@ -42,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     command = [
         str(Path(sys.executable).with_name("healthagent")),
         "serve",
-        "--config", str(REPO / "configs" / "local.yaml"),
+        "--serve-config", str(REPO / "configs" / "serve" / "local.yaml"),
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip

@@ -1,0 +1,49 @@
+"""The Ray Serve config files: accepted by Serve's own schema, and turned into our application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serving.deployments import build_application, load_serve_config
+from serving.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_serve_configs_build_the_application(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    args, deployments, http = load_serve_config(REPO / "configs" / "serve" / name)
+    assert set(deployments) == {"HealthGPT", "Gateway"}
+    assert "user_config" in deployments["HealthGPT"], "adapter versions travel as user_config"
+    settings = load_settings(args.pop("config"), **args)
+    app = build_application(settings, deployments)
+    assert type(app).__name__ == "Application"
+    assert http["port"] == 8000
+
+
+def test_cluster_replicas_ask_for_a_gpu_each() -> None:
+    _, deployments, _ = load_serve_config(REPO / "configs" / "serve" / "cluster.yaml")
+    assert deployments["HealthGPT"]["ray_actor_options"]["num_gpus"] == 1
+    assert deployments["HealthGPT"]["autoscaling_config"]["max_replicas"] >= 1
+
+
+def test_the_kuberay_service_embeds_a_valid_serve_config() -> None:
+    service = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.model_validate(serve_config)
+    assert schema.applications[0].import_path == "serving.deployments:app_builder"
+    workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_a_foreign_application_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("applications:\n  - name: x\n    route_prefix: /\n    import_path: other.module:app\n")
+    with pytest.raises(ValueError, match="import_path"):
+        load_serve_config(bad)
