@@ -50,7 +50,7 @@ class EngineSettings(BaseModel):
     """The batching engine of each HealthGPT replica."""
 
     max_batch: int = Field(default=8, ge=1, description="Rows decoded together.")
-    max_queue: int = Field(default=64, ge=0, description="Requests waiting for a row; beyond it, 503.")
+    max_queue: int = Field(default=64, ge=1, description="Requests waiting for a row; beyond it, 503.")
     max_prompt_tokens: int = Field(default=4096, ge=16)
     max_new_tokens: int = Field(default=1024, ge=1, description="Cap on generated text tokens.")
     request_timeout_s: float = Field(default=300.0, gt=0)
