@@ -27,6 +27,7 @@ from memory.schema import (
     FineTuneJobEvent,
     JobStatus,
     Message,
+    Notification,
     Patient,
     Read,
     ReadStatus,
@@ -230,6 +231,61 @@ class Records:
             )
         )
 
+    def list_consultations(self, patient_id: int) -> list[Consultation]:
+        self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.consultation, Action.read, f"patient:{patient_id}", patient_id)
+        return list(
+            self.session.scalars(
+                select(Consultation)
+                .where(Consultation.patient_id == patient_id)
+                .order_by(Consultation.created_at)
+            )
+        )
+
+    def flag_consultation(self, consultation_id: str, reason: str) -> Consultation:
+        """Mark a consultation as escalated (red flag); the first flag's time is kept."""
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.write)
+        consultation.flag = _text(reason, 200, "reason")
+        consultation.flagged_at = consultation.flagged_at or utcnow()
+        self.session.flush()
+        return consultation
+
+    def notify_care_team(self, consultation_id: str, kind: str, text: str) -> list[int]:
+        """Tell every physician caring for the consultation's patient; returns their user ids.
+
+        The text goes to physicians of this patient only, so it may name the consultation (no more)."""
+        consultation = self._get(Consultation, consultation_id, "consultation")
+        self._authorize_consultation(consultation, Action.write)
+        if consultation.patient_id is None:
+            return []
+        physicians = list(
+            self.session.scalars(
+                select(CareTeamMember.physician_id).where(
+                    CareTeamMember.patient_id == consultation.patient_id
+                )
+            )
+        )
+        kind, text = _text(kind, 32, "kind"), _text(text, 2000, "text")
+        for physician in physicians:
+            note = Notification(user_id=physician, consultation_id=consultation_id, kind=kind, text=text)
+            self.session.add(note)
+        audit.append(self.session, actor=self.actor, action="notification.write", resource="notification",
+                     resource_id=consultation_id, patient_id=consultation.patient_id,
+                     detail={"recipients": physicians, "kind": kind})  # fmt: skip
+        self.session.flush()
+        return physicians
+
+    def my_notifications(self) -> list[Notification]:
+        """The caller's own notifications (nobody reads another user's)."""
+        return list(
+            self.session.scalars(
+                select(Notification)
+                .where(Notification.user_id == self.actor.user_id)
+                .order_by(Notification.id)
+            )
+        )
+
     def close_consultation(self, consultation_id: str) -> Consultation:
         consultation = self._get(Consultation, consultation_id, "consultation")
         self._authorize_consultation(consultation, Action.write)
@@ -273,6 +329,21 @@ class Records:
         study = self._get(Study, study_id, "study")
         self._authorize(Resource.study, Action.read, study_id, study.patient_id)
         return study
+
+    def list_studies(self, patient_id: int) -> list[Study]:
+        self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.study, Action.read, f"patient:{patient_id}", patient_id)
+        return list(
+            self.session.scalars(select(Study).where(Study.patient_id == patient_id).order_by(Study.id))
+        )
+
+    def list_reads(self, study_id: int) -> list[Read]:
+        """A study's reads as the caller may see them: patients see signed reads only."""
+        study = self.get_study(study_id)
+        query = select(Read).where(Read.study_id == study.id).order_by(Read.id)
+        if self.actor.role is Role.patient:
+            query = query.where(Read.status != ReadStatus.preliminary)
+        return list(self.session.scalars(query))
 
     def add_read(self, study_id: int, ai_draft: str, provenance: dict[str, Any]) -> Read:
         """An AI read: always preliminary until a physician signs."""

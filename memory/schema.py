@@ -106,6 +106,24 @@ class Consultation(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Set when the safety screen escalated this consultation (red flag): what, and when.
+    flag: Mapped[str | None] = mapped_column(String(200), default=None)
+    flagged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Notification(Base):
+    """A message to one user (e.g. a physician told of a red flag in a patient's consultation)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    consultation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("consultations.id", ondelete="CASCADE"), default=None
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Message(Base):
