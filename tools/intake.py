@@ -1,0 +1,76 @@
+"""DICOM intake: an uploaded study becomes de-identified bytes, an 8-bit picture for the model, and
+metadata — in that order, so nothing identifying reaches a model, a log or the database."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from tools.deid import BurnedInAnnotationError, DeidOptions, DeidRefused, deidentify, encode_dicom
+from tools.dicom_io import DicomError, load_dicom
+
+# Free-text header fields a study may carry instructions in; screened before de-identification
+# removes them (the basic profile drops descriptions), never stored.
+SCREENED_TEXT_FIELDS = (
+    "StudyDescription",
+    "SeriesDescription",
+    "ImageComments",
+    "PerformedProcedureStepDescription",
+    "RequestedProcedureDescription",
+    "AdditionalPatientHistory",
+)
+
+
+class DicomRejected(ValueError):
+    """A study that cannot be taken in; ``reason`` is a short code, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class IngestedStudy:
+    deidentified_dicom: bytes
+    png: bytes
+    modality: str
+    description: str
+    metadata: dict[str, Any]
+    deid_summary: dict[str, Any]
+    text_fields: list[str] = field(default_factory=list)  # raw free text, for screening only
+
+
+def ingest_dicom(data: bytes, *, key: bytes, burned_in: str = "refuse") -> IngestedStudy:
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
+        raise DicomRejected("not_dicom", f"not a readable DICOM file: {exc}") from exc
+    text_fields = [str(dataset.get(name, "")) for name in SCREENED_TEXT_FIELDS if dataset.get(name)]
+    try:
+        result = deidentify(dataset, key=key, options=DeidOptions(burned_in=burned_in))
+    except BurnedInAnnotationError as exc:
+        raise DicomRejected("burned_in", str(exc)) from exc
+    except DeidRefused as exc:
+        raise DicomRejected("unsupported", str(exc)) from exc
+    clean = encode_dicom(result.dataset)
+    try:
+        # The picture comes from the de-identified file: blanked bands stay blank for the model.
+        decoded = load_dicom(clean)
+    except DicomError as exc:
+        raise DicomRejected(getattr(exc, "reason", "unsupported"), str(exc)) from exc
+    buffer = io.BytesIO()
+    decoded.images[0].save(buffer, format="PNG")
+    metadata = decoded.metadata.model_dump(mode="json")
+    return IngestedStudy(
+        deidentified_dicom=clean,
+        png=buffer.getvalue(),
+        modality=str(metadata.get("modality") or "")[:16],
+        description=str(metadata.get("study_description") or "")[:400],
+        metadata=metadata,
+        deid_summary=result.report.model_dump(mode="json"),
+        text_fields=text_fields,
+    )
