@@ -1,18 +1,37 @@
-"""The Health Agent graph. Today one node (consult); later issues add intake, safety screening and
-routing by role and intent in front of it and composition checks after it."""
+"""The Health Agent: one LangGraph graph for patients, physicians and admins.
+
+    intake -> safety_screen -> route -> consult | second_read -> review | image_task | history | admin
+                                        | escalate | refuse  -> compose -> post_check
+
+Safety-relevant steps are deterministic code: the red-flag screen, the route table, escalation, the
+disclaimer and the preliminary label. The model only drafts text (consult, second read) and images.
+Side effects before the review interrupt (the read row) happen in their own node, which LangGraph does
+not re-run when the thread resumes.
+"""
 
 from __future__ import annotations
 
+import io
 import operator
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
-from agents.prompts import DEMO_WEIGHTS_NOTICE, DISCLAIMER
-from tools.healthgpt import AskRequest, HealthGPTClient
+from agents import prompts
+from agents.routing import Route, route
+from agents.safety import injection_findings, language_of, quote_for_model, screen_red_flags
+from memory.pixels import PixelStore
+from memory.records import Records
+from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
+from tools.intent import classify_intent
+from tools.triage import CATEGORIES
 
 
 class Message(TypedDict):
@@ -21,39 +40,275 @@ class Message(TypedDict):
 
 
 class ChatState(TypedDict, total=False):
+    consultation_id: str
+    actor: dict[str, Any]  # {"user_id", "name", "role"}: from authentication, never from text
+    patient_id: int | None
     messages: Annotated[list[Message], operator.add]  # the consultation transcript, appended to
+    request: str  # "message" | "second_read" | "image_task"
+    image_task: str | None
+    study_id: int | None
+    attachments: list[str]  # pixel-store keys of this turn's images
+    language: str
+    triage: dict[str, Any]
+    injection: list[str]
+    intent: str
+    route: str
+    refusal: str | None
+    tool_results: dict[str, Any]
+    draft: str
+    read_id: int | None
+    approval: dict[str, Any] | None
+    provenance: dict[str, Any] | None
     answer: str
     disclaimer: str
-    provenance: dict[str, Any]
+    escalated: bool
 
 
 @dataclass(frozen=True)
 class TurnContext:
-    """Per-turn inputs that must not be checkpointed (image bytes) or that come from settings."""
+    """Per-turn inputs that must not be checkpointed (image bytes, connections) or come from settings."""
 
     image: bytes | None = None
     max_new_tokens: int = 64
+    records: Callable[[], AbstractContextManager[Records]] | None = None
+    pixels: PixelStore | None = None
+    history_turns: int = 6
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _records(runtime: Runtime[TurnContext]) -> AbstractContextManager[Records]:
+    if runtime.context is None or runtime.context.records is None:
+        raise RuntimeError("this turn has no records access (TurnContext.records)")
+    return runtime.context.records()
+
+
+def _intent(text: str, request: str) -> str:
+    if request in ("second_read", "image_task"):
+        return request
+    return classify_intent(text).intent
 
 
 def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | None = None):
-    def consult(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
-        context = runtime.context or TurnContext()
-        question = state["messages"][-1]["content"]
-        result = client.ask(
-            AskRequest(question=question, image=context.image, max_new_tokens=context.max_new_tokens)
-        )
-        text = result.text or "(the model returned no text)"
-        if result.provenance.demo_weights:
-            text = f"{text}\n\n{DEMO_WEIGHTS_NOTICE}"
+    def intake(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        text = state["messages"][-1]["content"] if state.get("messages") else ""
         return {
-            "messages": [{"role": "assistant", "content": text}],
-            "answer": text,
-            "disclaimer": DISCLAIMER,
-            "provenance": result.provenance.model_dump(),
+            "language": language_of(text),
+            "request": state.get("request") or "message",
+            "tool_results": {},
+            "draft": "",
+            "provenance": None,
+            "escalated": False,
+            "refusal": None,
         }
 
+    def safety_screen(state: ChatState) -> ChatState:
+        text = state["messages"][-1]["content"]
+        extra = " ".join(str(v) for v in (state.get("tool_results") or {}).get("dicom_text", []))
+        result = screen_red_flags(text)
+        return {
+            "triage": result.model_dump(),
+            "injection": injection_findings(f"{text}\n{extra}"),
+            "intent": _intent(text, state.get("request", "message")),
+        }
+
+    def decide_route(state: ChatState) -> ChatState:
+        # A message that tries to steer the system is answered as a plain consultation, nothing more.
+        intent = "consult" if state.get("injection") else state["intent"]
+        chosen, refusal = route(
+            state["actor"]["role"], state.get("request", "message"), intent, state["triage"]["red_flag"]
+        )
+        if chosen is Route.second_read and state.get("study_id") is None:
+            chosen, refusal = Route.refuse, "needs_study"
+        return {"route": str(chosen), "refusal": refusal}
+
+    def consult(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        context = runtime.context or TurnContext()
+        turns = state["messages"][-(2 * context.history_turns + 1) : -1]
+        earlier = "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+        question = quote_for_model(state["messages"][-1]["content"])
+        if earlier:
+            question = f"Conversation so far:\n{earlier}\n\n{question}"
+        request = AskRequest(question=question, image=context.image, max_new_tokens=context.max_new_tokens)
+        writer = get_stream_writer()
+        result = None
+        for chunk in client.ask_stream(request):
+            if chunk.delta:
+                writer({"token": chunk.delta})
+            if chunk.result is not None:
+                result = chunk.result
+        assert result is not None
+        return {"draft": result.text, "provenance": result.provenance.model_dump()}
+
+    def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        context = runtime.context or TurnContext()
+        with _records(runtime) as records:
+            study = records.get_study(state["study_id"])
+            modality, pixel_key = study.modality or "medical", study.pixel_key
+        image = context.pixels.get(pixel_key) if (context.pixels and pixel_key) else None
+        findings = client.ask(
+            AskRequest(
+                question=f"Describe the findings in this {modality} image.",
+                image=image,
+                max_new_tokens=context.max_new_tokens,
+            )
+        )
+        impression = client.ask(
+            AskRequest(
+                question="What is the overall impression?", image=image, max_new_tokens=context.max_new_tokens
+            )
+        )
+        confidence = round(float(min(findings.mean_logprob, impression.mean_logprob)), 4)
+        qc = _qc(image)
+        draft = (
+            f"Findings: {findings.text or '(none stated)'}\n"
+            f"Impression: {impression.text or '(none stated)'}\n"
+            f"Confidence (mean token log-probability): {confidence}"
+        )
+        if qc:
+            draft += "\nImage quality: " + "; ".join(qc)
+        provenance = {**findings.provenance.model_dump(), "consultation_id": state["consultation_id"]}
+        with _records(runtime) as records:
+            read = records.add_read(state["study_id"], draft, provenance)
+            read_id = read.id
+        return {
+            "draft": draft,
+            "read_id": read_id,
+            "provenance": provenance,
+            "tool_results": {
+                "findings": findings.text,
+                "impression": impression.text,
+                "confidence": confidence,
+                "qc": qc,
+            },
+        }
+
+    def review(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        decision = interrupt({"read_id": state["read_id"], "draft": state["draft"], "status": "preliminary"})
+        action = decision.get("action")
+        text = (decision.get("text") or "").strip()
+        with _records(runtime) as records:
+            read = records.get_read(state["read_id"])
+            if read.status.value == "preliminary":  # idempotent if the node runs again
+                final = state["draft"] if action == "sign" else text
+                records.sign_read(state["read_id"], final)
+                if action == "correct":
+                    records.add_feedback(
+                        "correction", {"text": text, "draft": state["draft"]}, read_id=read.id
+                    )
+            status = read.status.value
+        return {
+            "approval": {"action": action, "status": status},
+            "draft": read.physician_final or state["draft"],
+        }
+
+    def image_task(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        context = runtime.context or TurnContext()
+        task = ImageTask(state.get("image_task") or ImageTask.reconstruction)
+        instruction = state["messages"][-1]["content"] if task is ImageTask.text_to_image else None
+        result = client.generate_image(ImageRequest(task=task, image=context.image, instruction=instruction))
+        key = context.pixels.put(result.png) if context.pixels else None
+        return {
+            "draft": f"Generated image ({task.value.replace('_', ' ')}).",
+            "provenance": result.provenance.model_dump(),
+            "tool_results": {"image_key": key, "vq_tokens": len(result.vq_indices)},
+        }
+
+    def history(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        patient_id = state.get("patient_id")
+        if patient_id is None:
+            return {"draft": "This conversation concerns no patient; there is no history to show."}
+        with _records(runtime) as records:
+            consultations = records.list_consultations(patient_id)
+            studies = records.list_studies(patient_id)
+            lines = [f"{len(consultations)} consultation(s), {len(studies)} study(ies) on record."]
+            for study in studies[-5:]:
+                reads = records.list_reads(study.id)
+                signed = [r for r in reads if r.status.value != "preliminary"]
+                lines.append(
+                    f"- study {study.id}: {study.modality or 'image'} {study.description}".rstrip()
+                    + (f"; signed read: {signed[-1].physician_final[:200]}" if signed else "")
+                )
+        return {"draft": "\n".join(lines)}
+
+    def admin(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        with _records(runtime) as records:
+            aggregates = records.feedback_aggregates()
+            adapters = records.list_adapters()
+        lines = ["Feedback by plugin / adapter version / kind:"]
+        lines += [f"- {a.plugin} {a.adapter_version} {a.kind}: {a.count}" for a in aggregates] or [
+            "- none yet"
+        ]
+        lines.append("Adapter versions:")
+        lines += [f"- {a.plugin} {a.version}: {a.status.value}" for a in adapters] or ["- none registered"]
+        return {"draft": "\n".join(lines)}
+
+    def escalate(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        language = state.get("language", "en")
+        category = state["triage"].get("category") or "red flag"
+        label = CATEGORIES.get(category, category)
+        text = prompts.EMERGENCY[language].format(category=label)
+        if category == "suicide":
+            text += " " + prompts.CRISIS_LINES[language]
+        notified: list[int] = []
+        with _records(runtime) as records:
+            records.flag_consultation(state["consultation_id"], f"red flag: {label}")
+            notified = records.notify_care_team(
+                state["consultation_id"],
+                "red_flag",
+                f"Red flag ({label}) in consultation {state['consultation_id']}",
+            )
+        return {"draft": text, "escalated": True, "tool_results": {"notified": notified}}
+
+    def refuse(state: ChatState) -> ChatState:
+        reason = state.get("refusal") or "admin_only"
+        return {"draft": prompts.REFUSALS[reason][state.get("language", "en")]}
+
+    def compose(state: ChatState) -> ChatState:
+        language = state.get("language", "en")
+        text = state.get("draft") or "(the model returned no text)"
+        provenance = state.get("provenance")
+        if state.get("route") == Route.second_read and not state.get("approval"):
+            text = f"{prompts.PRELIMINARY_NOTICE[language]}\n{text}"
+        if provenance and provenance.get("demo_weights"):
+            text = f"{text}\n\n{prompts.DEMO_WEIGHTS_NOTICE}"
+        return {"answer": text, "disclaimer": prompts.DISCLAIMERS[language]}
+
+    def post_check(state: ChatState) -> ChatState:
+        answer = state["answer"]
+        if state.get("route") == Route.consult and screen_red_flags(state.get("draft", "")).red_flag:
+            # The model's own text speaks of an emergency: never leave it without the advice.
+            answer = f"{answer}\n\n{prompts.POST_CHECK_ADVICE[state.get('language', 'en')]}"
+        return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
+
     graph = StateGraph(ChatState, context_schema=TurnContext)
-    graph.add_node("consult", consult)
-    graph.add_edge(START, "consult")
-    graph.add_edge("consult", END)
+    for name, node in [
+        ("intake", intake), ("safety_screen", safety_screen), ("route", decide_route), ("consult", consult),
+        ("second_read", second_read), ("review", review), ("image_task", image_task), ("history", history),
+        ("admin", admin), ("escalate", escalate), ("refuse", refuse), ("compose", compose),
+        ("post_check", post_check),
+    ]:  # fmt: skip
+        graph.add_node(name, node)
+    graph.add_edge(START, "intake")
+    graph.add_edge("intake", "safety_screen")
+    graph.add_edge("safety_screen", "route")
+    graph.add_conditional_edges("route", lambda s: s["route"], {str(r): str(r) for r in Route})
+    graph.add_edge("second_read", "review")
+    for name in ("consult", "review", "image_task", "history", "admin", "escalate", "refuse"):
+        graph.add_edge(name, "compose")
+    graph.add_edge("compose", "post_check")
+    graph.add_edge("post_check", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _qc(image: bytes | None) -> list[str]:
+    """Image-quality notes for a read (empty when the image is fine or absent)."""
+    if image is None:
+        return ["no image available"]
+    try:
+        from PIL import Image
+        from tools.qc import check_image
+    except ImportError:  # pragma: no cover - the QC tool ships with tools/
+        return []
+    with Image.open(io.BytesIO(image)) as picture:
+        report = check_image(picture)
+    return [flag.message for flag in report.flags]

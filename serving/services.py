@@ -28,6 +28,7 @@ class GatewayServices:
     graph: Any
     backends: Backends
     pixels: PixelStore
+    deid_key: bytes
 
     def readiness(self) -> dict[str, str]:
         """Each dependency's state ("ok" or the error); ready when all are ok."""
@@ -64,6 +65,16 @@ def prepare_database(settings: Settings) -> Engine:
     return engine
 
 
+def _deid_key(settings: Settings) -> bytes:
+    """The de-identification secret: the same key keeps pseudonyms consistent across uploads."""
+    from tools.deid import load_or_create_key, read_key_file
+
+    if settings.deid_key_file is not None:
+        return read_key_file(settings.deid_key_file)
+    key, _ = load_or_create_key(settings.data_dir / "deid.key")
+    return key
+
+
 def build_services(settings: Settings, model: HealthGPTClient) -> GatewayServices:
     engine = make_engine(settings.resolved_database_url)
     require_up_to_date(engine)  # `healthagent serve` migrated (embedded) or checked (production)
@@ -82,4 +93,5 @@ def build_services(settings: Settings, model: HealthGPTClient) -> GatewayService
             rate_refill_per_s=settings.rate_limit.per_minute / 60.0,
         ),
         pixels=PixelStore(settings.resolved_pixel_dir, max_bytes=settings.max_upload_bytes),
+        deid_key=_deid_key(settings),
     )

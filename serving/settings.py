@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     admin_phi_access: bool = Field(
         default=False, description="Let admins read (never write) patient records. Off: admins see no PHI."
     )
+    burned_in: Literal["refuse", "blank"] = Field(
+        default="refuse",
+        description="DICOM that may carry burned-in text (BurnedInAnnotation YES, US, SC …): refuse it, or "
+        "blank the bands where such text usually is (a heuristic) before a model sees it.",
+    )
+    deid_key_file: Path | None = Field(
+        default=None, description="Secret for pseudonyms, UIDs and date shifts; empty = data_dir/deid.key."
+    )
     engine: EngineSettings = EngineSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     pixel_dir: Path | None = Field(

@@ -13,6 +13,16 @@ from memory.migrate import upgrade
 from tools.healthgpt import InProcessHealthGPT
 
 
+def _turn(text: str, thread: str) -> dict:
+    """One user turn, as the gateway hands it to the graph (a physician's chat needs no records)."""
+    return {
+        "messages": [{"role": "user", "content": text}],
+        "consultation_id": thread,
+        "actor": {"user_id": 1, "name": "dr", "role": "physician"},
+        "patient_id": None,
+    }
+
+
 @pytest.fixture
 def checkpoint_url(database_url: str, tmp_path: Path) -> str:
     return database_url if database_url.startswith("postgresql") else str(tmp_path / "checkpoints.sqlite")
@@ -26,8 +36,8 @@ def test_thread_persists_across_reopen(checkpoint_url: str, tiny_model) -> None:
     first = open_checkpointer(checkpoint_url)
     try:
         graph = build_graph(client, first.saver)
-        graph.invoke({"messages": [{"role": "user", "content": "hello"}]}, config, context=context)
-        state = graph.invoke({"messages": [{"role": "user", "content": "again"}]}, config, context=context)
+        graph.invoke(_turn("hello", "user-1:abc"), config, context=context)
+        state = graph.invoke(_turn("again", "user-1:abc"), config, context=context)
         assert [m["role"] for m in state["messages"]] == ["user", "assistant", "user", "assistant"]
     finally:
         first.close()
@@ -73,7 +83,7 @@ def test_erasure_and_retention(database_url: str, checkpoint_url: str, tiny_mode
             with transaction(sessions) as session:
                 Records(session, patient).open_consultation(thread, patient_id)
             for text in ("one", "two"):
-                turn = {"messages": [{"role": "user", "content": text}]}
+                turn = _turn(text, thread)
                 config = {"configurable": {"thread_id": thread}}
                 graph.invoke(turn, config, context=TurnContext(max_new_tokens=2))
         assert _count(checkpointer.saver, "keep") > 1

@@ -76,8 +76,9 @@ def test_health_and_docs_are_open(client: TestClient) -> None:
 
 
 def test_chat_json_answers_with_provenance_and_disclaimer(client: TestClient, token: str) -> None:
+    patient_token = _new_user(client, "cora", "patient")
     response = client.post(
-        "/v1/chat", json={"message": "I have had a cough for a week."}, headers=_auth(token)
+        "/v1/chat", json={"message": "I have had a cough for a week."}, headers=_auth(patient_token)
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -224,10 +225,12 @@ def test_chats_are_stored_and_private(client: TestClient, token: str) -> None:
     )
     assert first.json()["message_id"] == messages[1].id
 
-    for intruder in (other_token, token):  # another patient, and an admin (no PHI)
-        response = client.post("/v1/chat", json={"message": "let me in", "thread_id": thread_id},
-                               headers=_auth(intruder))  # fmt: skip
-        _assert_problem(response, 403, "may not")
+    # Another patient is told nothing exists; an admin (no PHI) is refused.
+    for intruder, status, fragment in ((other_token, 404, "not found"), (token, 403, "may not")):
+        response = client.post(
+            "/v1/chat", json={"message": "let me in", "thread_id": thread_id}, headers=_auth(intruder)
+        )
+        _assert_problem(response, status, fragment)
     _assert_problem(
         client.post(
             "/v1/chat", json={"message": "x", "thread_id": "nosuchthread"}, headers=_auth(patient_token)

@@ -1,0 +1,142 @@
+"""Orchestration overhead of one agent turn, model time excluded, with the PostgreSQL checkpointer.
+
+    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python bench/agent.py
+
+A patient holds a consultation through the same code the HTTP API runs (records, audit, checkpoints,
+safety screen, route, compose, post-check) with the tiny model in-process. Every model call is timed
+where it happens (a wrapper around the client that only measures), and that time is subtracted from the
+turn's wall time: what is left is what the agent itself costs per turn. Reported: p50 / p99 over the
+turns, first turns excluded as warm-up. Goal: <= 25 ms p50 on the 2-core development machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from memory.db import make_session_factory, transaction
+from memory.schema import Role
+from memory.users import Principal
+from models.healthgpt import HealthGPT
+from models.tiny import resolve_spec
+from serving.services import build_services, prepare_database
+from serving.settings import Settings
+from serving.turns import TurnInput, open_consultation, run_turn
+from tools.healthgpt import InProcessHealthGPT
+
+MESSAGES = [
+    "I have had a mild cough for three days.",
+    "It is worse at night and I feel a bit tired.",
+    "Should I take something for it?",
+    "What about my last visit?",
+]
+
+
+class TimedClient:
+    """Passes every call to the real client and adds up the time spent in the model."""
+
+    def __init__(self, inner: InProcessHealthGPT) -> None:
+        self.inner, self.model_seconds = inner, 0.0
+
+    def __getattr__(self, name: str):
+        target = getattr(self.inner, name)
+        if name == "ask_stream":
+
+            def stream(*args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    for chunk in target(*args, **kwargs):
+                        self.model_seconds += time.perf_counter() - started
+                        yield chunk
+                        started = time.perf_counter()
+                finally:
+                    self.model_seconds += time.perf_counter() - started
+
+            return stream
+        if not callable(target):
+            return target
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return target(*args, **kwargs)
+            finally:
+                self.model_seconds += time.perf_counter() - started
+
+        return timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/agent-overhead.json"))
+    args = parser.parse_args()
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        sys.exit("set TEST_DATABASE_URL to a PostgreSQL database (the checkpointer under test)")
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(data_dir=Path(tmp), database_url=url, max_new_tokens=8,
+                                rate_limit={"burst": 10_000, "per_minute": 1_000_000})  # fmt: skip
+            prepare_database(settings).dispose()
+            spec = resolve_spec("tiny", settings.model_dir, 0)
+            client = TimedClient(InProcessHealthGPT(HealthGPT(spec)))
+            services = build_services(settings, client)
+            with transaction(services.sessions) as session:
+                from memory.records import Records
+
+                admin_actor = Principal(0, "bench", Role.admin)
+                records = Records(session, admin_actor)
+                user, _ = records.create_user(f"patient-{schema}", Role.patient)
+                records.create_patient("Bench Patient", user_id=user.id)
+                patient = Principal(user.id, user.name, Role.patient)
+            consultation = open_consultation(services, patient, None)
+            overheads, walls = [], []
+            for turn in range(args.turns + args.warmup):
+                before = client.model_seconds
+                started = time.perf_counter()
+                run_turn(services, patient, consultation, TurnInput(MESSAGES[turn % len(MESSAGES)]))
+                wall = time.perf_counter() - started
+                if turn >= args.warmup:
+                    walls.append(wall)
+                    overheads.append(wall - (client.model_seconds - before))
+            services.close()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    overheads.sort()
+    report = {
+        "benchmark": "agent orchestration overhead per turn (model time excluded), PostgreSQL checkpointer",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "turns": len(overheads),
+        "overhead_ms": {
+            "p50": round(1000 * statistics.median(overheads), 2),
+            "p99": round(1000 * overheads[min(len(overheads) - 1, round(0.99 * (len(overheads) - 1)))], 2),
+            "mean": round(1000 * statistics.fmean(overheads), 2),
+        },
+        "turn_wall_ms_p50": round(1000 * statistics.median(walls), 2),
+        "goal_ms_p50": 25,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Running one agent turn for an authenticated caller: records access, uploads, the graph, streaming."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.types import Command
+
+from agents.graph import TurnContext
+from memory.db import transaction
+from memory.records import AccessDenied, InvalidInput, NotFound, Records
+from memory.schema import Role
+from memory.users import Principal
+from serving.problems import Problem
+from serving.services import GatewayServices
+from tools.images import UnsupportedImage, decode_image, is_dicom
+
+
+@contextmanager
+def records_for(services: GatewayServices, principal: Principal) -> Iterator[Records]:
+    """A transaction with the caller's view of the records; domain errors become problem answers."""
+    try:
+        with transaction(services.sessions) as session:
+            yield Records(session, principal, admin_phi_access=services.settings.admin_phi_access)
+    except NotFound as exc:
+        raise Problem(404, str(exc)) from exc
+    except AccessDenied as exc:
+        # Another patient's record answers like a missing one: its existence is not revealed.
+        status = 404 if principal.role is Role.patient else 403
+        raise Problem(status, str(exc) if status == 403 else "not found") from exc
+    except InvalidInput as exc:
+        raise Problem(422, str(exc)) from exc
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+@dataclass
+class TurnInput:
+    message: str
+    request: str = "message"  # message | second_read | image_task
+    image_task: str | None = None
+    study_id: int | None = None
+    uploads: list[Upload] = field(default_factory=list)
+
+
+def open_consultation(services: GatewayServices, principal: Principal, patient_id: int | None) -> str:
+    consultation_id = uuid.uuid4().hex
+    with records_for(services, principal) as records:
+        if principal.role is Role.patient:
+            own = records.patient_of_user(principal.user_id)
+            if own is None:
+                raise InvalidInput("this patient login has no patient record; ask an administrator")
+            if patient_id not in (None, own.id):
+                raise Problem(404, "not found")
+            patient_id = own.id
+        records.open_consultation(consultation_id, patient_id)
+    return consultation_id
+
+
+def _store_picture(services: GatewayServices, data: bytes) -> tuple[str, bytes]:
+    """Keep only the pixels of an uploaded picture (PNG re-encode: EXIF and other metadata gone)."""
+    try:
+        image = decode_image(data)
+    except UnsupportedImage as exc:
+        raise Problem(415, f"image: {exc}") from exc
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    return services.pixels.put(png), png
+
+
+def ingest_study(services: GatewayServices, principal: Principal, patient_id: int, upload: Upload) -> int:
+    """A DICOM upload becomes a de-identified study (header and, per setting, burned-in text)."""
+    from tools.intake import DicomRejected, ingest_dicom
+
+    try:
+        study = ingest_dicom(upload.data, key=services.deid_key, burned_in=services.settings.burned_in)
+    except DicomRejected as exc:
+        raise Problem(
+            415 if exc.reason in ("not_dicom", "unsupported") else 422, f"{upload.name}: {exc}"
+        ) from exc
+    from agents.safety import injection_findings
+
+    # Instructions hidden in header text are recorded (never the text itself beyond the match), and
+    # de-identification has already dropped those fields from what is kept.
+    screening = injection_findings("\n".join(study.text_fields))
+    dicom_key = services.pixels.put(study.deidentified_dicom)
+    png_key = services.pixels.put(study.png)
+    with records_for(services, principal) as records:
+        row = records.add_study(
+            patient_id,
+            modality=study.modality,
+            description=study.description,
+            metadata={
+                **study.metadata,
+                "dicom_key": dicom_key,
+                "deidentification": study.deid_summary,
+                "screening": screening,
+            },
+            pixel_key=png_key,
+        )
+        return row.id
+
+
+def prepare_uploads(
+    services: GatewayServices, principal: Principal, patient_id: int | None, turn: TurnInput
+) -> tuple[list[str], bytes | None, int | None]:
+    """Pictures into the pixel store, DICOM into studies; returns (attachments, model image, study)."""
+    attachments: list[str] = []
+    image: bytes | None = None
+    study_id = turn.study_id
+    for upload in turn.uploads:
+        if is_dicom(upload.data):
+            if patient_id is None:
+                raise Problem(422, "a DICOM study belongs to a patient: use a patient consultation")
+            study_id = ingest_study(services, principal, patient_id, upload)
+            with records_for(services, principal) as records:
+                key = records.get_study(study_id).pixel_key
+            attachments.append(key)
+            image = image or services.pixels.get(key)
+        else:
+            key, png = _store_picture(services, upload.data)
+            attachments.append(key)
+            image = image or png
+    if image is None and study_id is not None:
+        with records_for(services, principal) as records:
+            key = records.get_study(study_id).pixel_key
+        image = services.pixels.get(key) if key else None
+    return attachments, image, study_id
+
+
+def turn_context(services: GatewayServices, principal: Principal, image: bytes | None) -> TurnContext:
+    return TurnContext(
+        image=image,
+        max_new_tokens=services.settings.max_new_tokens,
+        records=lambda: records_for(services, principal),
+        pixels=services.pixels,
+    )
+
+
+def graph_input(
+    principal: Principal, consultation_id: str, patient_id: int | None, turn: TurnInput, attachments, study_id
+) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": turn.message}],
+        "consultation_id": consultation_id,
+        "actor": {"user_id": principal.user_id, "name": principal.name, "role": str(principal.role)},
+        "patient_id": patient_id,
+        "request": turn.request,
+        "image_task": turn.image_task,
+        "study_id": study_id,
+        "attachments": attachments,
+        "read_id": None,
+        "approval": None,
+    }
+
+
+def config_for(consultation_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": consultation_id}}
+
+
+def begin_turn(
+    services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
+) -> tuple[dict[str, Any], TurnContext]:
+    """Check access, store the user's message and uploads; what the graph needs to run the turn."""
+    with records_for(services, principal) as records:
+        consultation = records.get_consultation(consultation_id)
+        patient_id = consultation.patient_id
+        if consultation.status.value != "open":
+            raise Problem(409, "this consultation is closed")
+    attachments, image, study_id = prepare_uploads(services, principal, patient_id, turn)
+    with records_for(services, principal) as records:
+        records.add_message(consultation_id, str(principal.role), turn.message, attachments=attachments)
+    state_in = graph_input(principal, consultation_id, patient_id, turn, attachments, study_id)
+    return state_in, turn_context(services, principal, image)
+
+
+def finish_turn(
+    services: GatewayServices, principal: Principal, consultation_id: str, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Store the agent's answer; the turn's outcome as the API returns it."""
+    pending = state.get("__interrupt__")
+    result: dict[str, Any] = {
+        "consultation_id": consultation_id,
+        "route": state.get("route"),
+        "triage": state.get("triage"),
+        "escalated": bool(state.get("escalated")),
+        "read_id": state.get("read_id"),
+        "provenance": state.get("provenance"),
+        "tool_results": state.get("tool_results") or {},
+        "injection": state.get("injection") or [],
+    }
+    if pending:
+        result.update(
+            answer=state.get("draft", ""), disclaimer="", status="awaiting_signoff", message_id=None
+        )
+        return result
+    with records_for(services, principal) as records:
+        message = records.add_message(
+            consultation_id,
+            "assistant",
+            state["answer"],
+            provenance=state.get("provenance"),
+            attachments=[k for k in [result["tool_results"].get("image_key")] if k],
+        )
+    result.update(
+        answer=state["answer"], disclaimer=state["disclaimer"], status="answered", message_id=message.id
+    )
+    return result
+
+
+def run_turn(
+    services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
+) -> dict[str, Any]:
+    state_in, context = begin_turn(services, principal, consultation_id, turn)
+    state = services.graph.invoke(state_in, config_for(consultation_id), context=context)
+    return finish_turn(services, principal, consultation_id, state)
+
+
+def stream_turn(
+    services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs: ``node`` as each node finishes, ``token`` as the model writes, ``done``.
+
+    Access is checked and the message stored before this returns, so refusals are plain HTTP errors."""
+    state_in, context = begin_turn(services, principal, consultation_id, turn)
+    return _stream(services, principal, consultation_id, state_in, context)
+
+
+def _stream(
+    services: GatewayServices, principal: Principal, consultation_id: str, state_in, context
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    config = config_for(consultation_id)
+    for mode, payload in services.graph.stream(
+        state_in, config, context=context, stream_mode=["updates", "custom"]
+    ):
+        if mode == "custom" and "token" in payload:
+            yield "token", {"text": payload["token"]}
+        elif mode == "updates":
+            for node in payload:
+                if node != "__interrupt__":
+                    yield "node", {"node": node}
+    state = services.graph.get_state(config)
+    values = dict(state.values)
+    if state.interrupts:
+        values["__interrupt__"] = state.interrupts
+    yield "done", finish_turn(services, principal, consultation_id, values)
+
+
+def resume_review(
+    services: GatewayServices, principal: Principal, read_id: int, action: str, text: str | None
+) -> dict[str, Any]:
+    """A physician signs or corrects an AI read: the waiting thread resumes at its review step."""
+    with records_for(services, principal) as records:
+        read = records.get_read(read_id)
+        consultation_id = (read.provenance or {}).get("consultation_id")
+        records.get_consultation(consultation_id) if consultation_id else None
+        status = read.status.value
+    if not consultation_id:
+        raise Problem(409, "this read was not produced by a review workflow")
+    config = config_for(consultation_id)
+    snapshot = services.graph.get_state(config)
+    waiting = [i for i in snapshot.interrupts if (i.value or {}).get("read_id") == read_id]
+    if not waiting:
+        raise Problem(409, f"read {read_id} is not awaiting sign-off (status {status})")
+    context = turn_context(services, principal, None)
+    state = services.graph.invoke(Command(resume={"action": action, "text": text}), config, context=context)
+    return finish_turn(services, principal, consultation_id, state)

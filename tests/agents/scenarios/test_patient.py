@@ -1,0 +1,125 @@
+"""Patients end to end through HTTP: a consultation, a red flag, Chinese, streaming, feedback."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from agents.prompts import DISCLAIMERS
+from memory.audit import verify
+from tests.agents.scenarios.conftest import auth, png
+
+
+def _open(client: TestClient, token: str, **body) -> str:
+    response = client.post("/v1/consultations", json=body, headers=auth(token))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _say(client: TestClient, token: str, consultation: str, message: str, **kwargs):
+    return client.post(
+        f"/v1/consultations/{consultation}/messages", json={"message": message}, headers=auth(token), **kwargs
+    )
+
+
+def test_a_patient_consultation_with_provenance_disclaimer_and_feedback(api) -> None:
+    client, people, _ = api
+    consultation = _open(client, people.pam)
+    first = _say(client, people.pam, consultation, "I have had a mild dry cough for three days.")
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert (body["route"], body["escalated"], body["status"]) == ("consult", False, "answered")
+    assert (
+        body["provenance"]["adapter_version"] == "tiny-seed0-v1"
+        and body["provenance"]["model"] == "tiny-seed0"
+    )
+    assert body["disclaimer"] == DISCLAIMERS["en"]
+    picture = client.post(
+        f"/v1/consultations/{consultation}/messages",
+        data={"message": "And this rash?"},
+        files={"files": ("rash.png", png(), "image/png")},
+        headers=auth(people.pam),
+    )
+    assert picture.status_code == 200, picture.text
+
+    stored = client.get(f"/v1/consultations/{consultation}", headers=auth(people.pam)).json()
+    assert [m["author_role"] for m in stored["messages"]] == ["patient", "assistant", "patient", "assistant"]
+    assert len(stored["messages"][2]["attachments"]) == 1
+    assert stored["messages"][1]["provenance"]["adapter_version"] == "tiny-seed0-v1"
+    feedback = client.post(
+        "/v1/feedback",
+        json={"message_id": body["message_id"], "kind": "rating", "payload": {"stars": 4}},
+        headers=auth(people.pam),
+    )
+    assert feedback.status_code == 201 and feedback.json()["adapter_version"] == "tiny-seed0-v1"
+    summary = client.get("/v1/admin/feedback/summary", headers=auth(people.admin)).json()
+    assert {
+        "plugin": "comprehension",
+        "adapter_version": "tiny-seed0-v1",
+        "kind": "rating",
+        "count": 1,
+    } in summary
+
+
+def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
+    client, people, _ = api
+    consultation = _open(client, people.pam)
+    response = _say(client, people.pam, consultation, "I have crushing chest pain and I'm sweating a lot")
+    body = response.json()
+    assert response.status_code == 200 and body["escalated"] is True and body["route"] == "escalate"
+    assert body["triage"]["red_flag"] and body["triage"]["category"] == "cardiac"
+    assert "emergency" in body["answer"].lower() and body["provenance"] is None  # rules, not the model
+    assert client.get(f"/v1/consultations/{consultation}", headers=auth(people.pam)).json()["flag"]
+    notes = client.get("/v1/notifications", headers=auth(people.dr_doe)).json()
+    assert [(n["kind"], n["consultation_id"]) for n in notes] == [("red_flag", consultation)]
+    assert client.get("/v1/notifications", headers=auth(people.dr_who)).json() == []
+    # Past history does not escalate.
+    calm = _say(
+        client, people.pam, consultation, "My father had a stroke years ago; I feel fine today."
+    ).json()
+    assert calm["escalated"] is False and calm["route"] == "consult"
+
+
+def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
+    client, people, _ = api
+    consultation = _open(client, people.pam)
+    body = _say(client, people.pam, consultation, "我咳嗽三天了，晚上比较厉害，需要吃药吗？").json()
+    assert body["route"] == "consult" and body["disclaimer"] == DISCLAIMERS["zh"]
+    urgent = _say(client, people.pam, consultation, "我胸口剧痛，喘不上气，出冷汗").json()
+    assert urgent["escalated"] is True and "120" in urgent["answer"]
+
+
+def test_answers_stream_over_sse(api) -> None:
+    client, people, _ = api
+    consultation = _open(client, people.pam)
+    with client.stream(
+        "POST",
+        f"/v1/consultations/{consultation}/messages",
+        json={"message": "Any advice?"},
+        headers={**auth(people.pam), "Accept": "text/event-stream"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(response.iter_text())
+    events = [
+        (block.split("\n")[0][7:], json.loads(block.split("\n")[1][6:]))
+        for block in raw.strip().split("\n\n")
+    ]
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and "node" in kinds
+    nodes = [data["node"] for kind, data in events if kind == "node"]
+    assert (
+        nodes[:3] == ["intake", "safety_screen", "route"] and "consult" in nodes and nodes[-1] == "post_check"
+    )
+    done = events[-1][1]
+    tokens = "".join(data["text"] for kind, data in events if kind == "token")
+    assert done["answer"].startswith(tokens.strip()[:20]) and done["message_id"]
+
+
+def test_the_audit_chain_holds_after_the_scenarios(api) -> None:
+    client, people, _ = api
+    consultation = _open(client, people.pam)
+    _say(client, people.pam, consultation, "hello")
+    with client.app.state.services.sessions() as session:
+        assert verify(session).ok
