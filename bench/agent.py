@@ -22,11 +22,15 @@ import time
 import uuid
 from pathlib import Path
 
+# bench/serving.py would shadow the serving package when this file runs as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from sqlalchemy import create_engine, text
 
-from memory.db import make_session_factory, transaction
+from memory.db import normalise_url, transaction
+from memory.records import Records
 from memory.schema import Role
-from memory.users import Principal
+from memory.users import Principal, new_token, set_bootstrap_token
 from models.healthgpt import HealthGPT
 from models.tiny import resolve_spec
 from serving.services import build_services, prepare_database
@@ -86,23 +90,20 @@ def main() -> None:
     if not base:
         sys.exit("set TEST_DATABASE_URL to a PostgreSQL database (the checkpointer under test)")
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    admin = create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(data_dir=Path(tmp), database_url=url, max_new_tokens=8,
-                                rate_limit={"burst": 10_000, "per_minute": 1_000_000})  # fmt: skip
+            limits = {"burst": 10_000, "per_minute": 1_000_000}
+            settings = Settings(data_dir=Path(tmp), database_url=url, max_new_tokens=8, rate_limit=limits)
             prepare_database(settings).dispose()
             spec = resolve_spec("tiny", settings.model_dir, 0)
             client = TimedClient(InProcessHealthGPT(HealthGPT(spec)))
             services = build_services(settings, client)
             with transaction(services.sessions) as session:
-                from memory.records import Records
-
-                admin_actor = Principal(0, "bench", Role.admin)
-                records = Records(session, admin_actor)
+                records = Records(session, set_bootstrap_token(session, new_token()))
                 user, _ = records.create_user(f"patient-{schema}", Role.patient)
                 records.create_patient("Bench Patient", user_id=user.id)
                 patient = Principal(user.id, user.name, Role.patient)
@@ -123,7 +124,11 @@ def main() -> None:
     overheads.sort()
     report = {
         "benchmark": "agent orchestration overhead per turn (model time excluded), PostgreSQL checkpointer",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "turns": len(overheads),
         "overhead_ms": {
             "p50": round(1000 * statistics.median(overheads), 2),

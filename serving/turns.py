@@ -168,6 +168,12 @@ def config_for(consultation_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": consultation_id}}
 
 
+# Checkpoint once per turn, when the graph finishes or stops at the review interrupt, rather than after
+# every node: a turn cut short by a crash is re-sent by the client (its message is already in SQL), and
+# the side effect before the interrupt (the read row) is in the checkpoint the interrupt writes.
+DURABILITY = "exit"
+
+
 def begin_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
 ) -> tuple[dict[str, Any], TurnContext]:
@@ -222,7 +228,9 @@ def run_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
 ) -> dict[str, Any]:
     state_in, context = begin_turn(services, principal, consultation_id, turn)
-    state = services.graph.invoke(state_in, config_for(consultation_id), context=context)
+    state = services.graph.invoke(
+        state_in, config_for(consultation_id), context=context, durability=DURABILITY
+    )
     return finish_turn(services, principal, consultation_id, state)
 
 
@@ -241,7 +249,7 @@ def _stream(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     config = config_for(consultation_id)
     for mode, payload in services.graph.stream(
-        state_in, config, context=context, stream_mode=["updates", "custom"]
+        state_in, config, context=context, stream_mode=["updates", "custom"], durability=DURABILITY
     ):
         if mode == "custom" and "token" in payload:
             yield "token", {"text": payload["token"]}
@@ -273,5 +281,6 @@ def resume_review(
     if not waiting:
         raise Problem(409, f"read {read_id} is not awaiting sign-off (status {status})")
     context = turn_context(services, principal, None)
-    state = services.graph.invoke(Command(resume={"action": action, "text": text}), config, context=context)
+    decision = Command(resume={"action": action, "text": text})
+    state = services.graph.invoke(decision, config, context=context, durability=DURABILITY)
     return finish_turn(services, principal, consultation_id, state)

@@ -78,7 +78,7 @@ def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
     calm = _say(
         client, people.pam, consultation, "My father had a stroke years ago; I feel fine today."
     ).json()
-    assert calm["escalated"] is False and calm["route"] == "consult"
+    assert calm["escalated"] is False and calm["route"] in ("consult", "history")
 
 
 def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
