@@ -76,3 +76,69 @@ def deid_command(
             for problem in problems:
                 typer.echo(f"  {problem.path}: {problem.reason}")
     raise typer.Exit(0 if report.all_done else 1)
+
+
+@dicom_app.command("info")
+def info_command(
+    source: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="A DICOM file, or a folder holding one series.", exists=True),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+    slices: Annotated[
+        int,
+        typer.Option("--slices", min=1, max=64, help="The middle slice (1), or N evenly spaced slices."),
+    ] = 1,
+    png: Annotated[
+        Path | None,
+        typer.Option(
+            "--png",
+            metavar="OUT.png",
+            help="Write the 8-bit picture the model gets; several slices go to OUT-1.png, OUT-2.png, …",
+        ),
+    ] = None,
+) -> None:
+    """Decode a DICOM file (or series) as the model sees it: metadata, optionally the 8-bit picture."""
+    import json
+
+    from tools.dicom_io import DicomError, load_dicom, load_series
+
+    try:
+        if source.is_dir():
+            files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                typer.secho(f"{source}: the folder holds no files", fg=typer.colors.RED, err=True)
+                raise typer.Exit(2)
+            result = load_series(files, slices=slices)
+        else:
+            result = load_dicom(source, slices=slices)
+    except DicomError as exc:
+        typer.secho(f"{source.name}: {exc.reason}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+
+    written: list[Path] = []
+    if png is not None:
+        count = len(result.images)
+        targets = (
+            [png]
+            if count == 1
+            else [png.with_name(f"{png.stem}-{i}{png.suffix}") for i in range(1, count + 1)]
+        )
+        try:
+            for image, target in zip(result.images, targets, strict=True):
+                image.save(target, format="PNG")
+                written.append(target)
+        except OSError as exc:
+            typer.secho(f"--png: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+
+    fields = result.metadata.model_dump(mode="json")
+    if as_json:
+        typer.echo(json.dumps({**fields, "png": [str(path) for path in written]}, indent=2))
+        return
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        typer.echo(f"{name:<{width}}  {'' if shown is None else shown}")
+    for path in written:
+        typer.echo(f"wrote {path}")

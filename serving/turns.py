@@ -78,16 +78,23 @@ def _store_picture(services: GatewayServices, data: bytes) -> tuple[str, bytes]:
     return services.pixels.put(png), png
 
 
+_DICOM_STATUS = {"too_large": 413, "not_dicom": 415, "unreadable": 415, "unsupported": 415}
+
+
 def ingest_study(services: GatewayServices, principal: Principal, patient_id: int, upload: Upload) -> int:
     """A DICOM upload becomes a de-identified study (header and, per setting, burned-in text)."""
     from tools.intake import DicomRejected, ingest_dicom
 
     try:
-        study = ingest_dicom(upload.data, key=services.deid_key, burned_in=services.settings.burned_in)
+        study = ingest_dicom(
+            upload.data,
+            key=services.deid_key,
+            burned_in=services.settings.burned_in,
+            max_bytes=services.settings.max_upload_bytes,
+        )
     except DicomRejected as exc:
-        raise Problem(
-            415 if exc.reason in ("not_dicom", "unsupported") else 422, f"{upload.name}: {exc}"
-        ) from exc
+        status = _DICOM_STATUS.get(exc.reason, 422)
+        raise Problem(status, f"{upload.name}: {exc}") from exc
     from agents.safety import injection_findings
 
     # Instructions hidden in header text are recorded (never the text itself beyond the match), and

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 # Formats a browser or a PACS export plausibly sends as a plain picture (DICOM is handled separately).
 ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"}
@@ -23,6 +24,49 @@ class UnsupportedImage(ValueError):
 
 def decode_image(data: bytes) -> Image.Image:
     """Decode and fully load ``data`` as an RGB image, or raise :class:`UnsupportedImage`."""
+    return _decode(data, upright=False)
+
+
+def decode_upright(data: bytes) -> Image.Image:
+    """Like :func:`decode_image`, but turned as the EXIF orientation says, colours moved to sRGB when
+    an ICC profile is embedded, and carrying no metadata at all: pixels only."""
+    image = _decode(data, upright=True)
+    # A fresh image from the raw pixels: no EXIF, XMP, ICC, comments or text chunks come along.
+    return Image.frombytes("RGB", image.size, image.tobytes())
+
+
+def strip_metadata(data: bytes) -> bytes:
+    """Re-encode an uploaded picture as a PNG of its pixels only (see :func:`decode_upright`).
+
+    EXIF (GPS, camera, dates), XMP, ICC profiles, JPEG comments and PNG text chunks can all name a
+    patient or a place; none of them survives.
+    """
+    buffer = io.BytesIO()
+    decode_upright(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a picture whose EXIF cannot be read is kept as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return image
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Convert from an embedded ICC profile to sRGB, so dropping the profile keeps the colours."""
+    profile = image.info.get("icc_profile")
+    if not profile or image.mode not in ("RGB", "RGBA", "L", "CMYK"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image  # a broken profile: keep the stored values
+
+
+def _decode(data: bytes, *, upright: bool) -> Image.Image:
     if not data:
         raise UnsupportedImage("the image file is empty")
     if is_dicom(data):
@@ -42,7 +86,9 @@ def decode_image(data: bytes) -> Image.Image:
                 if width * height > MAX_PIXELS:
                     raise UnsupportedImage(f"image of {width}x{height} pixels is too large")
                 probe.load()
-                return probe.convert("RGB")
+                if not upright:
+                    return probe.convert("RGB")
+                return _to_srgb(_upright(probe)).convert("RGB")
     except UnsupportedImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:

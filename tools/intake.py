@@ -7,11 +7,8 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from tools.deid import BurnedInAnnotationError, DeidOptions, DeidRefused, deidentify, encode_dicom
-from tools.dicom_io import DicomError, load_dicom
+from tools.dicom_io import DicomError, load_dicom, read_dataset
 
 # Free-text header fields a study may carry instructions in; screened before de-identification
 # removes them (the basic profile drops descriptions), never stored.
@@ -44,11 +41,13 @@ class IngestedStudy:
     text_fields: list[str] = field(default_factory=list)  # raw free text, for screening only
 
 
-def ingest_dicom(data: bytes, *, key: bytes, burned_in: str = "refuse") -> IngestedStudy:
+def ingest_dicom(
+    data: bytes, *, key: bytes, burned_in: str = "refuse", max_bytes: int = 512 * 1024 * 1024
+) -> IngestedStudy:
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
-        raise DicomRejected("not_dicom", f"not a readable DICOM file: {exc}") from exc
+        dataset = read_dataset(data, max_bytes)  # size-capped, truncation and deflate-bomb checked
+    except DicomError as exc:
+        raise DicomRejected(exc.reason, str(exc)) from exc
     text_fields = [str(dataset.get(name, "")) for name in SCREENED_TEXT_FIELDS if dataset.get(name)]
     try:
         result = deidentify(dataset, key=key, options=DeidOptions(burned_in=burned_in))
