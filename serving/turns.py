@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from memory.schema import Role
 from memory.users import Principal
 from serving.problems import Problem
 from serving.services import GatewayServices
-from tools.images import UnsupportedImage, decode_image, is_dicom
+from tools.images import UnsupportedImage, is_dicom, strip_metadata
 
 
 @contextmanager
@@ -67,14 +66,11 @@ def open_consultation(services: GatewayServices, principal: Principal, patient_i
 
 
 def _store_picture(services: GatewayServices, data: bytes) -> tuple[str, bytes]:
-    """Keep only the pixels of an uploaded picture (PNG re-encode: EXIF and other metadata gone)."""
+    """Keep only the pixels of an uploaded picture, upright (PNG: EXIF, XMP, ICC, comments gone)."""
     try:
-        image = decode_image(data)
+        png = strip_metadata(data)
     except UnsupportedImage as exc:
         raise Problem(415, f"image: {exc}") from exc
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    png = buffer.getvalue()
     return services.pixels.put(png), png
 
 
