@@ -17,6 +17,7 @@ from serving.dicom_cli import dicom_app
 from serving.model_cli import model_app
 from serving.pacs_cli import pacs_app
 from serving.settings import Settings, load_settings
+from serving.triage_cli import triage_command
 
 app = typer.Typer(
     help="Health Agent: HealthGPT behind Ray Serve and a LangGraph agent.", no_args_is_help=True
@@ -29,6 +30,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(pacs_app, name="pacs")
 db_app.command("prune")(prune_command)
+app.command("triage")(triage_command)
 
 ConfigOption = Annotated[
     Path | None,

@@ -3,19 +3,21 @@
 Two signals, in English and Chinese:
 
 1. **Rules.** Regular expressions find clinical *concepts* (chest pain, slurred speech, a baby's age …)
-   clause by clause; each occurrence is then given an assertion status by a small ConText-style pass
-   (our own): *negated* ("no chest pain", "没有胸痛"), *historical* ("years ago", "去年", "中风过",
-   family history), *hypothetical* ("if", "signs of", "如果", "怎么预防") or *habitual* ("sometimes").
-   Only affirmed concepts count, and rules combine them over the whole message (chest pain + sweating).
-   A rule that fires always raises the flag.
-2. **Similarity.** Clauses with no negation, history or hypothesis marker are embedded and compared
-   with emergency and benign exemplars; close to an emergency and clearly closer to it than to any
-   benign exemplar also raises the flag. The thresholds were tuned on the dev split of the evaluation
-   set (``tests/tools/data/triage_eval.jsonl``). The embedding model is English-only, so Chinese relies
-   on the rules.
+   clause by clause; each occurrence then gets an assertion status from a small ConText-style pass
+   (our own): *negated* ("no chest pain", "没有胸痛"; the scope ends at the clause), *historical*
+   ("years ago", "去年", "中风过", family history; the scope is the sentence unless a clause says "now"),
+   *hypothetical* ("if", "signs of", "如果", "怎么预防") or *habitual* ("sometimes"). Negation words
+   inside a finding ("can't breathe", "叫不醒") are part of it, not a negation. Only affirmed concepts
+   count, and rules combine them over the whole message (chest pain + sweating). A rule that fires
+   always raises the flag.
+2. **Similarity.** Text with no negation, history, hypothesis or "mild" marker is compared with
+   emergency and benign exemplars: English with all-MiniLM-L6-v2, Chinese (which that model cannot
+   read) with character n-grams. Near an emergency exemplar and nearer to it than to any benign one
+   raises the flag too. Thresholds are picked on the dev split of ``tests/tools/data/triage_eval.jsonl``.
 
-The result is deterministic: the same text gives the same result. Recall matters more than false
-alarms here: a missed emergency costs more than a needless "call for help now".
+Deterministic: the same text gives the same result. Recall matters more than false alarms here: a
+missed emergency costs more than a needless "get help now". Written for users' messages; the reasons
+quote the normalised text (lower case, Chinese filler adverbs removed).
 """
 
 from __future__ import annotations
@@ -1334,6 +1336,14 @@ BENIGN_EXEMPLARS_ZH: tuple[str, ...] = (
     "吃多了胃胀",
     "癫痫一直在吃药，控制得很好",
     "以前得过中风，现在恢复得不错",
+    # everyday requests, so their "我想", "帮我" and "请问" do not pull towards "我想死" and the like
+    "我想预约挂号",
+    "我想问一下检查结果",
+    "我想了解一下这个药怎么吃",
+    "帮我把这张片子转成核磁",
+    "帮我查一下上次的记录",
+    "请问医院几点开门",
+    "我想减肥，怎么吃比较好",
 )
 
 
