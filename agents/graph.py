@@ -23,15 +23,18 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from PIL import Image
 
 from agents import prompts
 from agents.routing import Route, route
-from agents.safety import injection_findings, language_of, quote_for_model, screen_red_flags
+from agents.safety import injection_findings, language_of, quote_for_model, screen_output, screen_red_flags
 from memory.pixels import PixelStore
 from memory.records import Records
+from tools import embeddings
 from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
 from tools.intent import classify_intent
-from tools.triage import CATEGORIES
+from tools.qc import check_image
+from tools.triage import CATEGORIES, similarity_units
 
 
 class Message(TypedDict):
@@ -103,6 +106,8 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
 
     def safety_screen(state: ChatState) -> ChatState:
         text = state["messages"][-1]["content"]
+        # One embedding batch for everything the screens below will look at.
+        embeddings.prefetch([text, *similarity_units(text)])
         extra = " ".join(str(v) for v in (state.get("tool_results") or {}).get("dicom_text", []))
         result = screen_red_flags(text)
         return {
@@ -275,7 +280,7 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
 
     def post_check(state: ChatState) -> ChatState:
         answer = state["answer"]
-        if state.get("route") == Route.consult and screen_red_flags(state.get("draft", "")).red_flag:
+        if state.get("route") == Route.consult and screen_output(state.get("draft", "")).red_flag:
             # The model's own text speaks of an emergency: never leave it without the advice.
             answer = f"{answer}\n\n{prompts.POST_CHECK_ADVICE[state.get('language', 'en')]}"
         return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
@@ -301,14 +306,9 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
 
 
 def _qc(image: bytes | None) -> list[str]:
-    """Image-quality notes for a read (empty when the image is fine or absent)."""
+    """Image-quality notes for a read (empty when the image is fine)."""
     if image is None:
         return ["no image available"]
-    try:
-        from PIL import Image
-        from tools.qc import check_image
-    except ImportError:  # pragma: no cover - the QC tool ships with tools/
-        return []
     with Image.open(io.BytesIO(image)) as picture:
         report = check_image(picture)
     return [flag.message for flag in report.flags]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from tools.triage import TriageResult, triage
+from tools.triage import TriageResult, triage, triage_rules
 
 _INJECTION = [
     (
@@ -60,6 +60,11 @@ def injection_findings(text: str) -> list[str]:
 
 def screen_red_flags(text: str) -> TriageResult:
     return triage(text)
+
+
+def screen_output(text: str) -> TriageResult:
+    """A model's answer, by the rules only (it speaks of symptoms in general, not of the user)."""
+    return triage_rules(text)
 
 
 def quote_for_model(text: str) -> str:

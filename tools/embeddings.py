@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import unicodedata
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -74,11 +74,45 @@ def get_model() -> SentenceTransformer:
     return _model
 
 
+CACHE_SIZE = 8192
+_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def embed(texts: str | Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """Embed ``texts`` as an ``(n, 384)`` float32 array of unit rows (one text gives one row)."""
+    """Embed ``texts`` as an ``(n, 384)`` float32 array of unit rows (one text gives one row).
+
+    Vectors are cached by text: one turn screens and classifies the same message more than once, and
+    :func:`prefetch` lets a caller embed everything a turn will need in one batch."""
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         return np.zeros((0, DIMENSION), dtype=np.float32)
+    prefetch(items, batch_size=batch_size)
+    with _cache_lock:
+        rows = [_cache.get(text) for text in items]
+    missing = [text for text, row in zip(items, rows, strict=True) if row is None]
+    if missing:  # evicted meanwhile by a concurrent caller: encode directly
+        fresh = dict(zip(missing, _encode(missing, batch_size), strict=True))
+        rows = [row if row is not None else fresh[text] for text, row in zip(items, rows, strict=True)]
+    return np.stack(rows).astype(np.float32, copy=True)
+
+
+def prefetch(texts: Iterable[str], *, batch_size: int = 64) -> None:
+    """Embed the texts not cached yet, all in one batch (one model call instead of several)."""
+    with _cache_lock:
+        missing = [text for text in dict.fromkeys(texts) if text not in _cache]
+    if not missing:
+        return
+    vectors = _encode(missing, batch_size)
+    with _cache_lock:
+        for text, vector in zip(missing, vectors, strict=True):
+            _cache[text] = vector
+            _cache.move_to_end(text)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def _encode(items: list[str], batch_size: int) -> np.ndarray:
     model = get_model()
     with _encode_lock:
         vectors = model.encode(items, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)

@@ -1440,6 +1440,11 @@ def _best_hits(
     return hits
 
 
+def similarity_units(text: str) -> list[str]:
+    """The pieces of ``text`` the similarity signal embeds (for callers that batch embeddings)."""
+    return _similarity_units(text)
+
+
 def analyse_many(texts: Sequence[str]) -> list[Analysis]:
     """Rule findings and similarity scores for each text (one embedding call for the lot)."""
     findings = [tuple(find_concepts(text)) for text in texts]
@@ -1513,6 +1518,12 @@ def decide(analysis: Analysis, thresholds: Thresholds | None = None) -> TriageRe
 def triage(text: str) -> TriageResult:
     """Screen one message for red flags."""
     return decide(analyse(text))
+
+
+def triage_rules(text: str) -> TriageResult:
+    """The rules alone, without the similarity signal: for screening text that is not a patient's
+    own account (a model's draft explains symptoms in general terms, which similarity would flag)."""
+    return decide(Analysis(findings=tuple(find_concepts(text)), similarity=(), similarity_available=False))
 
 
 def triage_many(texts: Sequence[str]) -> list[TriageResult]:
