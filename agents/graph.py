@@ -34,6 +34,7 @@ from tools import embeddings
 from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
 from tools.intent import classify_intent
 from tools.qc import check_image
+from tools.retrieval import build_index
 from tools.triage import CATEGORIES, similarity_units
 
 
@@ -133,6 +134,10 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
         question = quote_for_model(state["messages"][-1]["content"])
         if earlier:
             question = f"Conversation so far:\n{earlier}\n\n{question}"
+        history = _relevant_history(state, runtime)
+        if history:
+            snippets = "\n".join(text for _, text in history)
+            question = f"Relevant earlier records of this patient:\n{snippets}\n\n{question}"
         request = AskRequest(question=question, image=context.image, max_new_tokens=context.max_new_tokens)
         writer = get_stream_writer()
         result = None
@@ -142,7 +147,11 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
             if chunk.result is not None:
                 result = chunk.result
         assert result is not None
-        return {"draft": result.text, "provenance": result.provenance.model_dump()}
+        return {
+            "draft": result.text,
+            "provenance": result.provenance.model_dump(),
+            "tool_results": {"history_used": [record for record, _ in history]},
+        }
 
     def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
         context = runtime.context or TurnContext()
@@ -303,6 +312,34 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
     graph.add_edge("compose", "post_check")
     graph.add_edge("post_check", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _relevant_history(state: ChatState, runtime: Runtime[TurnContext], k: int = 2) -> list[tuple[str, str]]:
+    """Snippets of this patient's own earlier records that match the message (signed reads and the
+    patient's words in earlier consultations). Only what the records layer releases to this actor is
+    indexed, and only this patient's."""
+    patient_id = state.get("patient_id")
+    if patient_id is None or runtime.context is None or runtime.context.records is None:
+        return []
+    items = []
+    with _records(runtime) as records:
+        for consultation in records.list_consultations(patient_id)[-10:]:
+            if consultation.id == state.get("consultation_id"):
+                continue
+            said = [m.content for m in records.list_messages(consultation.id) if m.author_role == "patient"]
+            if said:
+                items.append(
+                    (f"consultation:{consultation.id}", " ".join(said)[:2000], {"kind": "consultation"})
+                )
+        for study in records.list_studies(patient_id)[-10:]:
+            for read in records.list_reads(study.id):
+                if read.physician_final:
+                    items.append((f"read:{read.id}", read.physician_final[:2000], {"kind": "signed read"}))
+    if not items:
+        return []
+    index = build_index(patient_id, items)
+    hits = index.search(state["messages"][-1]["content"], k=k, min_score=0.35)
+    return [(hit.id, f"- ({hit.metadata['kind']}) {hit.snippet}") for hit in hits]
 
 
 def _qc(image: bytes | None) -> list[str]:

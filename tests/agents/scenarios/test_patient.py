@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from agents.prompts import DISCLAIMERS
 from memory.audit import verify
+from memory.schema import Consultation
 from tests.agents.scenarios.conftest import auth, png
 
 
@@ -123,3 +125,18 @@ def test_the_audit_chain_holds_after_the_scenarios(api) -> None:
     _say(client, people.pam, consultation, "hello")
     with client.app.state.services.sessions() as session:
         assert verify(session).ok
+
+
+def test_a_consult_retrieves_only_the_patients_own_history(api) -> None:
+    client, people, _ = api
+    for token in (people.pam, people.pete):
+        earlier = _open(client, token)
+        _say(client, token, earlier, "I keep getting migraine headaches with flashing lights before them.")
+    with client.app.state.services.sessions() as session:
+        mine = select(Consultation).where(Consultation.patient_id == people.pam_patient_id)
+        rows = session.scalars(mine).all()
+        pam_earlier = f"consultation:{rows[0].id}"
+    now = _open(client, people.pam)
+    body = _say(client, people.pam, now, "My migraine with the flashing lights is back.").json()
+    used = body["tool_results"]["history_used"]
+    assert used == [pam_earlier], used
