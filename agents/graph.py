@@ -27,15 +27,14 @@ from PIL import Image
 
 from agents import prompts
 from agents.routing import Route, route
-from agents.safety import injection_findings, language_of, quote_for_model, screen_output, screen_red_flags
+from agents.safety import injection_findings, language_of, quote_for_model, screen_output
 from memory.pixels import PixelStore
 from memory.records import Records
-from tools import embeddings
 from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
-from tools.intent import classify_intent
 from tools.qc import check_image
 from tools.retrieval import build_index
-from tools.triage import CATEGORIES, similarity_units
+from tools.specialists import InProcessSpecialists, SpecialistsClient
+from tools.triage import CATEGORIES
 
 
 class Message(TypedDict):
@@ -86,13 +85,13 @@ def _records(runtime: Runtime[TurnContext]) -> AbstractContextManager[Records]:
     return runtime.context.records()
 
 
-def _intent(text: str, request: str) -> str:
-    if request in ("second_read", "image_task"):
-        return request
-    return classify_intent(text).intent
+def build_graph(
+    client: HealthGPTClient,
+    checkpointer: BaseCheckpointSaver | None = None,
+    specialists: SpecialistsClient | None = None,
+):
+    specialists = specialists or InProcessSpecialists()
 
-
-def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | None = None):
     def intake(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
         text = state["messages"][-1]["content"] if state.get("messages") else ""
         return {
@@ -107,14 +106,13 @@ def build_graph(client: HealthGPTClient, checkpointer: BaseCheckpointSaver | Non
 
     def safety_screen(state: ChatState) -> ChatState:
         text = state["messages"][-1]["content"]
-        # One embedding batch for everything the screens below will look at.
-        embeddings.prefetch([text, *similarity_units(text)])
         extra = " ".join(str(v) for v in (state.get("tool_results") or {}).get("dicom_text", []))
-        result = screen_red_flags(text)
+        explicit = state.get("request", "message")
+        screening = specialists.screen(text)
         return {
-            "triage": result.model_dump(),
+            "triage": screening.triage.model_dump(),
             "injection": injection_findings(f"{text}\n{extra}"),
-            "intent": _intent(text, state.get("request", "message")),
+            "intent": explicit if explicit in ("second_read", "image_task") else screening.intent.intent,
         }
 
     def decide_route(state: ChatState) -> ChatState:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from tools.triage import TriageResult, triage, triage_rules
+from tools.triage import TriageResult, triage_rules
 
 _INJECTION = [
     (
@@ -56,10 +56,6 @@ def injection_findings(text: str) -> list[str]:
         if match:
             found.append(f'{kind}: "{match.group(0)[:80]}"')
     return found
-
-
-def screen_red_flags(text: str) -> TriageResult:
-    return triage(text)
 
 
 def screen_output(text: str) -> TriageResult:

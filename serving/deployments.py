@@ -99,20 +99,41 @@ class HealthGPTDeployment:
         await asyncio.to_thread(self.client.health)
 
 
+@serve.deployment(name="Specialists")
+class SpecialistsDeployment:
+    """The CPU specialists (triage, intent on all-MiniLM-L6-v2): one copy of the embedding model serves
+    every gateway replica."""
+
+    def __init__(self) -> None:
+        from tools.specialists import InProcessSpecialists
+
+        self.specialists = InProcessSpecialists()
+        self.specialists.screen("warm up")  # load the model before the first real message
+
+    def screen(self, text: str):
+        return self.specialists.screen(text)
+
+
 @serve.deployment(name="Gateway")
 @serve.ingress()
 class Gateway:
     def __init__(
-        self, settings: dict[str, Any], model: DeploymentHandle, escalation: DeploymentHandle | None = None
+        self,
+        settings: dict[str, Any],
+        model: DeploymentHandle,
+        escalation: DeploymentHandle | None = None,
+        specialists: DeploymentHandle | None = None,
     ) -> None:
         from serving.services import build_services
         from tools.healthgpt import CascadeHealthGPT, HealthGPTClient, RayServeHealthGPT
+        from tools.specialists import RayServeSpecialists
 
         config = Settings.model_validate(settings)
         client: HealthGPTClient = RayServeHealthGPT(model)
         if escalation is not None:
             client = CascadeHealthGPT(client, RayServeHealthGPT(escalation), config.cascade)
-        self.services = build_services(config, client)
+        screens = RayServeSpecialists(specialists) if specialists is not None else None
+        self.services = build_services(config, client, screens)
 
     def __serve_build_asgi_app__(self):
         from serving.gateway import create_app
@@ -148,7 +169,8 @@ def model_deployment_options(settings: Settings, name: str = "HealthGPT") -> dic
 
 
 def build_application(settings: Settings, overrides: dict[str, dict[str, Any]] | None = None):
-    """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade).
+    """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade)
+    and Gateway -> Specialists.
 
     ``overrides``: per-deployment options from a Serve config file (its ``deployments`` list, by name).
     """
@@ -171,11 +193,20 @@ def build_application(settings: Settings, overrides: dict[str, dict[str, Any]] |
         escalation = HealthGPTDeployment.options(
             **options(name, model_deployment_options(settings, name))
         ).bind(shipped, "escalation")
+    specialists = SpecialistsDeployment.options(
+        **options(
+            "Specialists",
+            {
+                "num_replicas": settings.ray.specialists_replicas,
+                "ray_actor_options": {"num_cpus": settings.ray.specialists_num_cpus},
+            },
+        )
+    ).bind()
     gateway = {
         "num_replicas": settings.ray.gateway_replicas,
         "ray_actor_options": {"num_cpus": settings.ray.gateway_num_cpus},
     }
-    return Gateway.options(**options("Gateway", gateway)).bind(shipped, model, escalation)
+    return Gateway.options(**options("Gateway", gateway)).bind(shipped, model, escalation, specialists)
 
 
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:

@@ -16,6 +16,7 @@ from memory.migrate import require_up_to_date, upgrade
 from memory.pixels import PixelStore
 from serving.settings import Settings
 from tools.healthgpt import HealthGPTClient
+from tools.specialists import SpecialistsClient
 
 
 @dataclass
@@ -75,7 +76,9 @@ def _deid_key(settings: Settings) -> bytes:
     return key
 
 
-def build_services(settings: Settings, model: HealthGPTClient) -> GatewayServices:
+def build_services(
+    settings: Settings, model: HealthGPTClient, specialists: SpecialistsClient | None = None
+) -> GatewayServices:
     engine = make_engine(settings.resolved_database_url)
     require_up_to_date(engine)  # `healthagent serve` migrated (embedded) or checked (production)
     checkpointer = open_checkpointer(settings.resolved_checkpoint_url)
@@ -85,7 +88,7 @@ def build_services(settings: Settings, model: HealthGPTClient) -> GatewayService
         sessions=make_session_factory(engine),
         model=model,
         checkpointer=checkpointer,
-        graph=build_graph(model, checkpointer.saver),
+        graph=build_graph(model, checkpointer.saver, specialists),
         backends=make_backends(
             settings.redis_url,
             in_process_allowed=settings.profile == "embedded",

@@ -42,6 +42,8 @@ class RaySettings(BaseModel):
     model_max_queued_requests: int = Field(
         default=256, ge=-1, description="Requests Serve holds for busy replicas before refusing; -1: no cap."
     )
+    specialists_num_cpus: float = Field(default=1.0, ge=0, description="CPUs per specialists replica.")
+    specialists_replicas: int = Field(default=1, ge=1)
     gateway_num_cpus: float = Field(default=0.5, ge=0)
     gateway_replicas: int = Field(default=1, ge=1)
 

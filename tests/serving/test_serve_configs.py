@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_serve_configs_build_the_application(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     args, deployments, http = load_serve_config(REPO / "configs" / "serve" / name)
-    assert set(deployments) == {"HealthGPT", "Gateway"}
+    assert set(deployments) == {"HealthGPT", "Specialists", "Gateway"}
     assert "user_config" in deployments["HealthGPT"], "adapter versions travel as user_config"
     settings = load_settings(args.pop("config"), **args)
     app = build_application(settings, deployments)

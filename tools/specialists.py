@@ -1,0 +1,38 @@
+"""The CPU specialists the agent screens every message with (red-flag triage and intent), behind one
+small client: in-process, or a Ray Serve deployment so gateway replicas do not each load the model."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from tools import embeddings
+from tools.intent import IntentResult, classify_intent
+from tools.triage import TriageResult, similarity_units, triage
+
+
+class Screening(BaseModel):
+    triage: TriageResult
+    intent: IntentResult
+
+
+class SpecialistsClient(Protocol):
+    def screen(self, text: str) -> Screening: ...
+
+
+class InProcessSpecialists:
+    def screen(self, text: str) -> Screening:
+        # One embedding batch for everything both screens look at.
+        embeddings.prefetch([text, *similarity_units(text)])
+        return Screening(triage=triage(text), intent=classify_intent(text))
+
+
+class RayServeSpecialists:
+    """Calls the Specialists deployment; ``handle`` is its ``DeploymentHandle`` (call from a thread)."""
+
+    def __init__(self, handle: Any, timeout_s: float = 30.0) -> None:
+        self.handle, self.timeout_s = handle, timeout_s
+
+    def screen(self, text: str) -> Screening:
+        return self.handle.screen.remote(text).result(timeout_s=self.timeout_s)
