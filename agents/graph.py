@@ -319,20 +319,9 @@ def _relevant_history(state: ChatState, runtime: Runtime[TurnContext], k: int = 
     patient_id = state.get("patient_id")
     if patient_id is None or runtime.context is None or runtime.context.records is None:
         return []
-    items = []
     with _records(runtime) as records:
-        for consultation in records.list_consultations(patient_id)[-10:]:
-            if consultation.id == state.get("consultation_id"):
-                continue
-            said = [m.content for m in records.list_messages(consultation.id) if m.author_role == "patient"]
-            if said:
-                items.append(
-                    (f"consultation:{consultation.id}", " ".join(said)[:2000], {"kind": "consultation"})
-                )
-        for study in records.list_studies(patient_id)[-10:]:
-            for read in records.list_reads(study.id):
-                if read.physician_final:
-                    items.append((f"read:{read.id}", read.physician_final[:2000], {"kind": "signed read"}))
+        texts = records.history_texts(patient_id, exclude=state.get("consultation_id"))
+    items = [(record, text, {"kind": kind}) for record, text, kind in texts]
     if not items:
         return []
     index = build_index(patient_id, items)

@@ -242,6 +242,48 @@ class Records:
             )
         )
 
+    def history_texts(
+        self, patient_id: int, *, exclude: str | None = None, limit: int = 10
+    ) -> list[tuple[str, str, str]]:
+        """The patient's own words in their recent consultations and their signed reads, as
+        ``(record id, text, kind)``: what retrieval may search. One access, one audit row."""
+        self._get(Patient, patient_id, "patient")
+        self._authorize(Resource.consultation, Action.read, f"patient:{patient_id}:history", patient_id)
+        consultations = list(
+            self.session.scalars(
+                select(Consultation.id)
+                .where(Consultation.patient_id == patient_id, Consultation.id != (exclude or ""))
+                .order_by(Consultation.created_at.desc())
+                .limit(limit)
+            )
+        )
+        texts: list[tuple[str, str, str]] = []
+        if consultations:
+            rows = self.session.execute(
+                select(Message.consultation_id, Message.content)
+                .where(Message.consultation_id.in_(consultations), Message.author_role == "patient")
+                .order_by(Message.id)
+            )
+            said: dict[str, list[str]] = {}
+            for consultation_id, content in rows:
+                said.setdefault(consultation_id, []).append(content)
+            texts += [
+                (f"consultation:{c}", " ".join(said[c])[:2000], "consultation")
+                for c in consultations
+                if c in said
+            ]
+        reads = self.session.execute(
+            select(Read.id, Read.physician_final)
+            .join(Study, Study.id == Read.study_id)
+            .where(Study.patient_id == patient_id, Read.status != ReadStatus.preliminary)
+            .order_by(Read.id.desc())
+            .limit(limit)
+        )
+        texts += [
+            (f"read:{read_id}", (final or "")[:2000], "signed read") for read_id, final in reads if final
+        ]
+        return texts
+
     def flag_consultation(self, consultation_id: str, reason: str) -> Consultation:
         """Mark a consultation as escalated (red flag); the first flag's time is kept."""
         consultation = self._get(Consultation, consultation_id, "consultation")

@@ -186,6 +186,10 @@ def begin_turn(
         patient_id = consultation.patient_id
         if consultation.status.value != "open":
             raise Problem(409, "this consultation is closed")
+        if not turn.uploads and turn.study_id is None:  # the common case: one transaction for both
+            records.add_message(consultation_id, str(principal.role), turn.message)
+            state_in = graph_input(principal, consultation_id, patient_id, turn, [], None)
+            return state_in, turn_context(services, principal, None)
     attachments, image, study_id = prepare_uploads(services, principal, patient_id, turn)
     with records_for(services, principal) as records:
         records.add_message(consultation_id, str(principal.role), turn.message, attachments=attachments)
