@@ -186,6 +186,12 @@ def begin_turn(
         patient_id = consultation.patient_id
         if consultation.status.value != "open":
             raise Problem(409, "this consultation is closed")
+        # A new message would abandon the read waiting in this thread: sign it off first.
+        for pending in services.graph.get_state(config_for(consultation_id)).interrupts:
+            read_id = (pending.value or {}).get("read_id")
+            raise Problem(
+                409, f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff"
+            )
         if not turn.uploads and turn.study_id is None:  # the common case: one transaction for both
             records.add_message(consultation_id, str(principal.role), turn.message)
             state_in = graph_input(principal, consultation_id, patient_id, turn, [], None)

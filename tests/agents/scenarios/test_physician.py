@@ -56,6 +56,13 @@ def test_second_read_stays_preliminary_until_signed(api) -> None:
     assert read["status"] == "preliminary" and read["physician_final"] is None
     assert client.get(f"/v1/reads/{body['read_id']}", headers=auth(people.pam)).status_code == 404
     assert client.post(f"/v1/studies/{study['id']}/reads", headers=auth(people.pam)).status_code == 403
+    # The thread waits for the sign-off: a message there would abandon the read, so it is refused.
+    busy = client.post(
+        f"/v1/consultations/{body['consultation_id']}/messages",
+        json={"message": "hello?"},
+        headers=auth(people.dr_doe),
+    )
+    assert busy.status_code == 409 and "sign-off" in busy.json()["detail"]
 
     signed = client.post(
         f"/v1/reads/{body['read_id']}/signoff", json={"action": "sign"}, headers=auth(people.dr_doe)
