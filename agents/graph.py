@@ -258,7 +258,8 @@ def build_graph(
         language = state.get("language", "en")
         category = state["triage"].get("category") or "red flag"
         label = CATEGORIES.get(category, category)
-        text = prompts.EMERGENCY[language].format(category=label)
+        shown = prompts.CATEGORY_ZH.get(category, label) if language == "zh" else label
+        text = prompts.EMERGENCY[language].format(category=shown)
         if category == "suicide":
             text += " " + prompts.CRISIS_LINES[language]
         notified: list[int] = []

@@ -89,7 +89,7 @@ def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
     body = _say(client, people.pam, consultation, "我咳嗽三天了，晚上比较厉害，需要吃药吗？").json()
     assert body["route"] == "consult" and body["disclaimer"] == DISCLAIMERS["zh"]
     urgent = _say(client, people.pam, consultation, "我胸口剧痛，喘不上气，出冷汗").json()
-    assert urgent["escalated"] is True and "120" in urgent["answer"]
+    assert urgent["escalated"] is True and "120" in urgent["answer"] and "疑似心脏病发作" in urgent["answer"]
 
 
 def test_answers_stream_over_sse(api) -> None:
