@@ -17,6 +17,7 @@ from serving.dicom_cli import dicom_app
 from serving.model_cli import model_app
 from serving.pacs_cli import pacs_app
 from serving.settings import Settings, load_settings
+from serving.specialists_cli import intent_command, qc_command
 from serving.triage_cli import triage_command
 
 app = typer.Typer(
@@ -31,6 +32,8 @@ app.add_typer(dicom_app, name="dicom")
 app.add_typer(pacs_app, name="pacs")
 db_app.command("prune")(prune_command)
 app.command("triage")(triage_command)
+app.command("intent")(intent_command)
+app.command("qc")(qc_command)
 
 ConfigOption = Annotated[
     Path | None,
