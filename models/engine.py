@@ -214,9 +214,7 @@ class Engine:
 
     def load_adapter(self, plugin: str, version: str, spec: PluginSpec) -> None:
         """Load ``version`` of ``plugin`` beside the current one, then switch new requests to it."""
-        if plugin not in self._aliases:
-            raise InvalidRequest(f"unknown plugin {plugin!r}")
-        current_key, current_version = self._aliases[plugin]
+        current_key, current_version = self.resolve(plugin)
         if version == current_version:
             return
         key = f"{plugin}@{version}"
@@ -249,8 +247,7 @@ class Engine:
 
     # -- validation ---------------------------------------------------------------------------------
     def _validate(self, request: GenerationRequest) -> None:
-        if request.plugin not in self._aliases:
-            raise InvalidRequest(f"unknown plugin {request.plugin!r}; this model has {sorted(self._aliases)}")
+        self.resolve(request.plugin)  # unknown plugins are refused here, before queueing
         # An image takes exactly its grid of VQ tokens (+ the end marker and stop), whatever the text cap.
         cap = self.limits.max_new_tokens if request.constrain_vq is None else request.constrain_vq + 2
         if not 1 <= request.max_new_tokens <= cap:
@@ -295,9 +292,7 @@ class Engine:
                 continue
             r = job.request
             try:
-                features = model.image_features(r.image, job.plugin_key) if r.image is not None else None
-                ids = model.input_ids(model.prompt_for(r.question, r.image is not None, job.plugin_key))
-                row = model._prompt_embeddings(ids, features, job.plugin_key)
+                row = model.prompt_row(r.question, r.image, job.plugin_key)
             except ValueError as exc:
                 job._finish(None, InvalidRequest(str(exc)))
                 continue
@@ -314,15 +309,7 @@ class Engine:
             accepted.append(job)
         if not accepted:
             return
-        longest = max(e.shape[0] for e in embeddings)
-        embeds = torch.zeros(
-            len(accepted), longest, embeddings[0].shape[1], dtype=model.dtype, device=model.device
-        )
-        mask = torch.zeros(len(accepted), longest, dtype=torch.long, device=model.device)
-        for i, row in enumerate(embeddings):
-            embeds[i, longest - row.shape[0] :] = row
-            mask[i, longest - row.shape[0] :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        embeds, mask, positions = model.left_padded(embeddings)
         cache = DynamicCache()
         plugins = [job.plugin_key for job in accepted]
         logits = model._forward(embeds, mask, plugins, cache, positions)[:, -1]
@@ -348,12 +335,7 @@ class Engine:
         logits = model._forward(step, self._mask, plugins, self._cache, positions)[:, -1]
         for row in self._rows:
             row.position += 1
-        keep = self._emit(self._rows, logits)
-        if len(keep) < len(self._rows):
-            self._cache, self._mask = _select(self._cache, self._mask, keep)
-            self._rows = [self._rows[i] for i in keep]
-            if not self._rows:
-                self._cache = self._mask = None
+        self._retain(self._emit(self._rows, logits))
 
     def _emit(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Choose each row's next token, stream it, finish rows that are done; returns rows to keep."""
@@ -429,15 +411,19 @@ class Engine:
 
     def _drop_finished_jobs(self) -> None:
         """Rows whose client went away (cancelled) leave before the next step is computed."""
-        keep = [i for i, row in enumerate(self._rows) if not row.job.cancelled]
         for row in self._rows:
             if row.job.cancelled:
                 row.job._finish(None, RequestCancelled("cancelled"))
-        if len(keep) < len(self._rows) and self._cache is not None and self._mask is not None:
-            self._cache, self._mask = _select(self._cache, self._mask, keep)
-            self._rows = [self._rows[i] for i in keep]
-            if not self._rows:
-                self._cache = self._mask = None
+        self._retain([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+
+    def _retain(self, keep: list[int]) -> None:
+        """Keep only the rows at ``keep`` (and their slices of the KV cache and mask)."""
+        if len(keep) == len(self._rows) or self._cache is None or self._mask is None:
+            return
+        self._cache, self._mask = _select(self._cache, self._mask, keep)
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache = self._mask = None
 
     def _free_retired_plugins(self) -> None:
         if not self._retiring:

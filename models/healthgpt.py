@@ -323,6 +323,22 @@ class HealthGPT:
         after = self._embed(torch.tensor(ids[at + 1 :], device=self.device), plugin)
         return torch.cat([before, image_features[0], after], dim=0)
 
+    def prompt_row(self, question: str, image: Image.Image | None, plugin: str) -> torch.Tensor:
+        """``[length, hidden]``: one request's templated prompt, embedded, with its image features."""
+        features = self.image_features(image, plugin) if image is not None else None
+        ids = self.input_ids(self.prompt_for(question, image is not None, plugin))
+        return self._prompt_embeddings(ids, features, plugin)
+
+    def left_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of prompt rows, left-padded: embeddings, attention mask and per-row positions."""
+        longest = max(row.shape[0] for row in rows)
+        embeds = torch.zeros(len(rows), longest, rows[0].shape[1], dtype=self.dtype, device=self.device)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            embeds[i, longest - row.shape[0] :] = row
+            mask[i, longest - row.shape[0] :] = 1
+        return embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
     # -- forward ------------------------------------------------------------------------------------
     @contextmanager
     def _routed(self, plugins: Sequence[str]) -> Iterator[None]:
@@ -382,20 +398,9 @@ class HealthGPT:
             self._check(request.plugin, request.max_new_tokens)
         started = time.perf_counter()
         with self._lock:
-            rows = []
-            for r in requests:
-                features = self.image_features(r.image, r.plugin) if r.image is not None else None
-                ids = self.input_ids(self.prompt_for(r.question, r.image is not None, r.plugin))
-                rows.append(self._prompt_embeddings(ids, features, r.plugin))
+            rows = [self.prompt_row(r.question, r.image, r.plugin) for r in requests]
             plugins = [r.plugin for r in requests]
-            longest = max(row.shape[0] for row in rows)
-            hidden = rows[0].shape[1]
-            embeds = torch.zeros(len(rows), longest, hidden, dtype=self.dtype, device=self.device)
-            mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
-            for i, row in enumerate(rows):
-                embeds[i, longest - row.shape[0] :] = row
-                mask[i, longest - row.shape[0] :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            embeds, mask, positions = self.left_padded(rows)
             cache = DynamicCache(config=self.llm.config)
             logits = self._forward(embeds, mask, plugins, cache, positions)[:, -1]
             outputs: list[list[int]] = [[] for _ in requests]
