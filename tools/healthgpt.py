@@ -327,37 +327,42 @@ class CascadeHealthGPT:
             return f"low confidence (mean log-prob {mean_logprob:.3f} < {self.settings.min_mean_logprob})"
         return None
 
+    def _triage(self, request: AskRequest) -> tuple[AskResult | None, str | None]:
+        """The primary's answer if it stands (``(answer, None)``), else why to escalate (and the
+        primary's answer, if one was computed, for its time)."""
+        reason = self._reason(request.complex, None)
+        if reason is not None:
+            return None, reason
+        first = self.primary.ask(request)
+        return first, self._reason(False, first.mean_logprob)
+
+    def _escalated(self, provenance: Provenance, reason: str, first: AskResult | None) -> None:
+        # The primary's name comes from its answer when there is one: no call to the replica for it.
+        provenance.escalated_from = first.provenance.model if first else self.primary.info().model
+        provenance.escalation_reason = reason
+        provenance.seconds += first.provenance.seconds if first else 0.0
+
     def ask(self, request: AskRequest) -> AskResult:
-        complex_reason = self._reason(request.complex, None)
-        first = None if complex_reason else self.primary.ask(request)
-        reason = complex_reason or self._reason(False, first.mean_logprob if first else None)
+        first, reason = self._triage(request)
         if reason is None and first is not None:
             return first
+        assert reason is not None
         second = self.escalation.ask(request)
-        second.provenance.escalated_from = self.primary.info().model
-        second.provenance.escalation_reason = reason
-        if first is not None:
-            second.provenance.seconds += first.provenance.seconds
+        self._escalated(second.provenance, reason, first)
         return second
 
     def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
         """The small model's answer cannot be streamed before its confidence is known: it arrives whole;
         an escalated answer streams from the large model."""
-        reason = self._reason(request.complex, None)
-        spent = 0.0
-        if reason is None:
-            first = self.primary.ask(request)
-            reason = self._reason(False, first.mean_logprob)
-            if reason is None:
-                yield AskChunk(delta=first.text)
-                yield AskChunk(result=first)
-                return
-            spent = first.provenance.seconds
+        first, reason = self._triage(request)
+        if reason is None and first is not None:
+            yield AskChunk(delta=first.text)
+            yield AskChunk(result=first)
+            return
+        assert reason is not None
         for chunk in self.escalation.ask_stream(request):
             if chunk.result is not None:
-                chunk.result.provenance.escalated_from = self.primary.info().model
-                chunk.result.provenance.escalation_reason = reason
-                chunk.result.provenance.seconds += spent
+                self._escalated(chunk.result.provenance, reason, first)
             yield chunk
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
@@ -368,8 +373,7 @@ class CascadeHealthGPT:
         if reason is None:
             return self.primary.score(request)
         result = self.escalation.score(request)
-        result.provenance.escalated_from = self.primary.info().model
-        result.provenance.escalation_reason = reason
+        self._escalated(result.provenance, reason, None)
         return result
 
     def info(self) -> ModelHealth:
