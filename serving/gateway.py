@@ -102,6 +102,10 @@ class ConsultationOut(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class StudyForm(BaseModel):
+    patient_id: int | None = Field(default=None, description="Physicians: the patient; patients: omit.")
+
+
 class StudyOut(BaseModel):
     id: int
     patient_id: int
@@ -419,11 +423,7 @@ def create_app(services: GatewayServices) -> FastAPI:
     )
     async def create_study(request: Request, principal: Caller) -> StudyOut:
         """Upload a DICOM file: it is de-identified (header; burned-in text per setting) before it is kept."""
-
-        class _StudyForm(BaseModel):
-            patient_id: int | None = None
-
-        form, uploads = await _read_body(request, _StudyForm, settings.max_upload_bytes)
+        form, uploads = await _read_body(request, StudyForm, settings.max_upload_bytes)
         if len(uploads) != 1:
             raise Problem(422, "file: send exactly one DICOM file")
         patient_id = form.patient_id
@@ -435,9 +435,9 @@ def create_app(services: GatewayServices) -> FastAPI:
             patient_id = own.id
         elif patient_id is None:
             raise Problem(422, "patient_id: required")
-        study_id = await run_in_threadpool(ingest_study, services, principal, patient_id, uploads[0])
+        stored = await run_in_threadpool(ingest_study, services, principal, patient_id, uploads[0])
         with records_for(services, principal) as records:
-            study = records.get_study(study_id)
+            study = records.get_study(stored.id)
             return StudyOut(
                 id=study.id,
                 patient_id=study.patient_id,

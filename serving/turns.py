@@ -11,6 +11,7 @@ from typing import Any
 from langgraph.types import Command
 
 from agents.graph import TurnContext
+from agents.safety import injection_findings
 from memory.db import transaction
 from memory.records import AccessDenied, InvalidInput, NotFound, Records
 from memory.schema import Role
@@ -18,6 +19,7 @@ from memory.users import Principal
 from serving.problems import Problem
 from serving.services import GatewayServices
 from tools.images import UnsupportedImage, is_dicom, strip_metadata
+from tools.intake import DicomRejected, ingest_dicom
 
 
 @contextmanager
@@ -77,10 +79,17 @@ def _store_picture(services: GatewayServices, data: bytes) -> tuple[str, bytes]:
 _DICOM_STATUS = {"too_large": 413, "not_dicom": 415, "unreadable": 415, "unsupported": 415}
 
 
-def ingest_study(services: GatewayServices, principal: Principal, patient_id: int, upload: Upload) -> int:
-    """A DICOM upload becomes a de-identified study (header and, per setting, burned-in text)."""
-    from tools.intake import DicomRejected, ingest_dicom
+@dataclass(frozen=True)
+class StoredStudy:
+    id: int
+    png_key: str  # the de-identified picture the model sees
+    png: bytes
 
+
+def ingest_study(
+    services: GatewayServices, principal: Principal, patient_id: int, upload: Upload
+) -> StoredStudy:
+    """A DICOM upload becomes a de-identified study (header and, per setting, burned-in text)."""
     try:
         study = ingest_dicom(
             upload.data,
@@ -91,8 +100,6 @@ def ingest_study(services: GatewayServices, principal: Principal, patient_id: in
     except DicomRejected as exc:
         status = _DICOM_STATUS.get(exc.reason, 422)
         raise Problem(status, f"{upload.name}: {exc}") from exc
-    from agents.safety import injection_findings
-
     # Instructions hidden in header text are recorded (never the text itself beyond the match), and
     # de-identification has already dropped those fields from what is kept.
     screening = injection_findings("\n".join(study.text_fields))
@@ -111,7 +118,7 @@ def ingest_study(services: GatewayServices, principal: Principal, patient_id: in
             },
             pixel_key=png_key,
         )
-        return row.id
+        return StoredStudy(row.id, png_key, study.png)
 
 
 def prepare_uploads(
@@ -125,11 +132,10 @@ def prepare_uploads(
         if is_dicom(upload.data):
             if patient_id is None:
                 raise Problem(422, "a DICOM study belongs to a patient: use a patient consultation")
-            study_id = ingest_study(services, principal, patient_id, upload)
-            with records_for(services, principal) as records:
-                key = records.get_study(study_id).pixel_key
-            attachments.append(key)
-            image = image or services.pixels.get(key)
+            study = ingest_study(services, principal, patient_id, upload)
+            study_id = study.id
+            attachments.append(study.png_key)
+            image = image or study.png
         else:
             key, png = _store_picture(services, upload.data)
             attachments.append(key)
@@ -192,13 +198,14 @@ def begin_turn(
             raise Problem(
                 409, f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff"
             )
-        if not turn.uploads and turn.study_id is None:  # the common case: one transaction for both
+        # The common case, a message with nothing attached: it is stored in this same transaction.
+        plain = not turn.uploads and turn.study_id is None
+        if plain:
             records.add_message(consultation_id, str(principal.role), turn.message)
-            state_in = graph_input(principal, consultation_id, patient_id, turn, [], None)
-            return state_in, turn_context(services, principal, None)
     attachments, image, study_id = prepare_uploads(services, principal, patient_id, turn)
-    with records_for(services, principal) as records:
-        records.add_message(consultation_id, str(principal.role), turn.message, attachments=attachments)
+    if not plain:
+        with records_for(services, principal) as records:
+            records.add_message(consultation_id, str(principal.role), turn.message, attachments=attachments)
     state_in = graph_input(principal, consultation_id, patient_id, turn, attachments, study_id)
     return state_in, turn_context(services, principal, image)
 
@@ -229,7 +236,7 @@ def finish_turn(
             "assistant",
             state["answer"],
             provenance=state.get("provenance"),
-            attachments=[k for k in [result["tool_results"].get("image_key")] if k],
+            attachments=[key] if (key := result["tool_results"].get("image_key")) else [],
         )
     result.update(
         answer=state["answer"], disclaimer=state["disclaimer"], status="answered", message_id=message.id
@@ -284,7 +291,8 @@ def resume_review(
     with records_for(services, principal) as records:
         read = records.get_read(read_id)
         consultation_id = (read.provenance or {}).get("consultation_id")
-        records.get_consultation(consultation_id) if consultation_id else None
+        if consultation_id:
+            records.get_consultation(consultation_id)  # the caller may resume only a thread they may see
         status = read.status.value
     if not consultation_id:
         raise Problem(409, "this read was not produced by a review workflow")
