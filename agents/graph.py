@@ -15,7 +15,7 @@ import io
 import operator
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -76,7 +76,6 @@ class TurnContext:
     records: Callable[[], AbstractContextManager[Records]] | None = None
     pixels: PixelStore | None = None
     history_turns: int = 6
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _records(runtime: Runtime[TurnContext]) -> AbstractContextManager[Records]:
@@ -92,7 +91,7 @@ def build_graph(
 ):
     specialists = specialists or InProcessSpecialists()
 
-    def intake(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    def intake(state: ChatState) -> ChatState:
         text = state["messages"][-1]["content"] if state.get("messages") else ""
         return {
             "language": language_of(text),
@@ -106,13 +105,12 @@ def build_graph(
 
     def safety_screen(state: ChatState) -> ChatState:
         text = state["messages"][-1]["content"]
-        extra = " ".join(str(v) for v in (state.get("tool_results") or {}).get("dicom_text", []))
-        explicit = state.get("request", "message")
         screening = specialists.screen(text)
+        # An explicit API request (second read, image task) outranks the intent: the route table decides.
         return {
             "triage": screening.triage.model_dump(),
-            "injection": injection_findings(f"{text}\n{extra}"),
-            "intent": explicit if explicit in ("second_read", "image_task") else screening.intent.intent,
+            "injection": injection_findings(text),
+            "intent": screening.intent.intent,
         }
 
     def decide_route(state: ChatState) -> ChatState:

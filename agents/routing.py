@@ -16,10 +16,6 @@ class Route(StrEnum):
     refuse = "refuse"
 
 
-# What a turn asks for: an explicit API request kind, else the intent of the message.
-REQUESTS = ("message", "second_read", "image_task")
-INTENTS = ("consult", "second_read", "image_task", "history", "admin", "small_talk")
-
 # (role, what is asked) -> (route, refusal reason or None)
 TABLE: dict[tuple[str, str], tuple[Route, str | None]] = {
     ("patient", "consult"): (Route.consult, None),
