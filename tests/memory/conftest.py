@@ -9,6 +9,8 @@ import pytest
 import redis
 
 from memory.cache import make_redis
+from memory.db import make_engine, make_session_factory
+from memory.migrate import upgrade
 from tests.conftest import service_unavailable
 
 
@@ -33,3 +35,12 @@ def prefix(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def sessions(database_url: str):
+    """Sessions on a freshly migrated database (each test: SQLite and PostgreSQL)."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()

@@ -10,19 +10,10 @@ from sqlalchemy.exc import DBAPIError
 
 from memory import audit
 from memory.db import make_engine, make_session_factory, transaction
-from memory.migrate import upgrade
 from memory.schema import Role
 from memory.users import Principal
 
 ADMIN = Principal(user_id=1, name="admin", role=Role.admin)
-
-
-@pytest.fixture
-def sessions(database_url: str):
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _append(sessions, count: int, label: str = "x") -> None:

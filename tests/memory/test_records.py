@@ -11,22 +11,13 @@ import textwrap
 import pytest
 from sqlalchemy import func, select
 
-from memory.db import make_engine, make_session_factory, transaction
-from memory.migrate import upgrade
+from memory.db import transaction
 from memory.records import InvalidInput, NotFound, Records
 from memory.schema import Feedback, Message, Patient, ReadStatus, Role, Study
 from memory.users import Principal
 
 SETUP = Principal(user_id=0, name="setup", role=Role.admin)
 PROVENANCE = {"model": "healthgpt-m3", "plugin": "comprehension", "adapter_version": "v7"}
-
-
-@pytest.fixture
-def sessions(database_url: str):
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _patient_with_answer(sessions) -> tuple[Principal, Principal, int, int]:

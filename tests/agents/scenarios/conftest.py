@@ -37,6 +37,18 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def new_consultation(client: TestClient, token: str, **body) -> str:
+    response = client.post("/v1/consultations", json=body, headers=auth(token))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def say(client: TestClient, token: str, consultation: str, message: str, **kwargs):
+    return client.post(
+        f"/v1/consultations/{consultation}/messages", json={"message": message}, headers=auth(token), **kwargs
+    )
+
+
 def png(color: tuple[int, int, int] = (80, 80, 80)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (48, 40), color).save(buffer, format="PNG")

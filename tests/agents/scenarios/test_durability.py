@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tests.agents.scenarios.conftest import auth, start
+from tests.agents.scenarios.conftest import auth, new_consultation, start
 from tests.agents.scenarios.test_physician import upload_study
 
 
 def test_a_consultation_and_a_pending_read_survive_a_restart(api, tiny_model) -> None:
     client, people, settings = api
-    consultation = client.post("/v1/consultations", json={}, headers=auth(people.pam)).json()["id"]
+    consultation = new_consultation(client, people.pam)
     client.post(
         f"/v1/consultations/{consultation}/messages",
         json={"message": "I have a headache"},

@@ -12,7 +12,7 @@ from models.healthgpt import HealthGPT
 from models.spec import ModelSpec
 from serving.services import prepare_database
 from serving.settings import Settings
-from tests.agents.scenarios.conftest import auth, make_people, start
+from tests.agents.scenarios.conftest import auth, make_people, new_consultation, start
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_a_physician_converts_a_ct_image_and_gets_the_picture(generating_api) ->
     stored = client.get(f"/v1/consultations/{thread}", headers=auth(people.dr_doe)).json()["messages"]
     assert stored[-1]["attachments"] == [body["tool_results"]["image_key"]]
     # The same request from a patient is refused by the route table, and no image is made.
-    own = client.post("/v1/consultations", json={}, headers=auth(people.pam)).json()["id"]
+    own = new_consultation(client, people.pam)
     refused = client.post(
         f"/v1/consultations/{own}/messages",
         data={"message": "Convert this CT to MRI", "request": "image_task", "image_task": "ct_to_mri"},

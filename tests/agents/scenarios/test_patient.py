@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import json
 
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from agents.prompts import DISCLAIMERS
 from memory.audit import verify
 from memory.schema import Consultation
-from tests.agents.scenarios.conftest import auth, png
-
-
-def _open(client: TestClient, token: str, **body) -> str:
-    response = client.post("/v1/consultations", json=body, headers=auth(token))
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def _say(client: TestClient, token: str, consultation: str, message: str, **kwargs):
-    return client.post(
-        f"/v1/consultations/{consultation}/messages", json={"message": message}, headers=auth(token), **kwargs
-    )
+from tests.agents.scenarios.conftest import auth, new_consultation, png, say
 
 
 def test_a_patient_consultation_with_provenance_disclaimer_and_feedback(api) -> None:
     client, people, _ = api
-    consultation = _open(client, people.pam)
-    first = _say(client, people.pam, consultation, "I have had a mild dry cough for three days.")
+    consultation = new_consultation(client, people.pam)
+    first = say(client, people.pam, consultation, "I have had a mild dry cough for three days.")
     assert first.status_code == 200, first.text
     body = first.json()
     assert (body["route"], body["escalated"], body["status"]) == ("consult", False, "answered")
@@ -66,8 +53,8 @@ def test_a_patient_consultation_with_provenance_disclaimer_and_feedback(api) -> 
 
 def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
     client, people, _ = api
-    consultation = _open(client, people.pam)
-    response = _say(client, people.pam, consultation, "I have crushing chest pain and I'm sweating a lot")
+    consultation = new_consultation(client, people.pam)
+    response = say(client, people.pam, consultation, "I have crushing chest pain and I'm sweating a lot")
     body = response.json()
     assert response.status_code == 200 and body["escalated"] is True and body["route"] == "escalate"
     assert body["triage"]["red_flag"] and body["triage"]["category"] == "cardiac"
@@ -77,7 +64,7 @@ def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
     assert [(n["kind"], n["consultation_id"]) for n in notes] == [("red_flag", consultation)]
     assert client.get("/v1/notifications", headers=auth(people.dr_who)).json() == []
     # Past history does not escalate.
-    calm = _say(
+    calm = say(
         client, people.pam, consultation, "My father had a stroke years ago; I feel fine today."
     ).json()
     assert calm["escalated"] is False and calm["route"] in ("consult", "history")
@@ -85,16 +72,16 @@ def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
 
 def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
     client, people, _ = api
-    consultation = _open(client, people.pam)
-    body = _say(client, people.pam, consultation, "我咳嗽三天了，晚上比较厉害，需要吃药吗？").json()
+    consultation = new_consultation(client, people.pam)
+    body = say(client, people.pam, consultation, "我咳嗽三天了，晚上比较厉害，需要吃药吗？").json()
     assert body["route"] == "consult" and body["disclaimer"] == DISCLAIMERS["zh"]
-    urgent = _say(client, people.pam, consultation, "我胸口剧痛，喘不上气，出冷汗").json()
+    urgent = say(client, people.pam, consultation, "我胸口剧痛，喘不上气，出冷汗").json()
     assert urgent["escalated"] is True and "120" in urgent["answer"] and "疑似心脏病发作" in urgent["answer"]
 
 
 def test_answers_stream_over_sse(api) -> None:
     client, people, _ = api
-    consultation = _open(client, people.pam)
+    consultation = new_consultation(client, people.pam)
     with client.stream(
         "POST",
         f"/v1/consultations/{consultation}/messages",
@@ -121,8 +108,8 @@ def test_answers_stream_over_sse(api) -> None:
 
 def test_the_audit_chain_holds_after_the_scenarios(api) -> None:
     client, people, _ = api
-    consultation = _open(client, people.pam)
-    _say(client, people.pam, consultation, "hello")
+    consultation = new_consultation(client, people.pam)
+    say(client, people.pam, consultation, "hello")
     with client.app.state.services.sessions() as session:
         assert verify(session).ok
 
@@ -130,13 +117,13 @@ def test_the_audit_chain_holds_after_the_scenarios(api) -> None:
 def test_a_consult_retrieves_only_the_patients_own_history(api) -> None:
     client, people, _ = api
     for token in (people.pam, people.pete):
-        earlier = _open(client, token)
-        _say(client, token, earlier, "I keep getting migraine headaches with flashing lights before them.")
+        earlier = new_consultation(client, token)
+        say(client, token, earlier, "I keep getting migraine headaches with flashing lights before them.")
     with client.app.state.services.sessions() as session:
         mine = select(Consultation).where(Consultation.patient_id == people.pam_patient_id)
         rows = session.scalars(mine).all()
         pam_earlier = f"consultation:{rows[0].id}"
-    now = _open(client, people.pam)
-    body = _say(client, people.pam, now, "My migraine with the flashing lights is back.").json()
+    now = new_consultation(client, people.pam)
+    body = say(client, people.pam, now, "My migraine with the flashing lights is back.").json()
     used = body["tool_results"]["history_used"]
     assert used == [pam_earlier], used
