@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import operator
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
@@ -155,18 +156,11 @@ def build_graph(
             study = records.get_study(state["study_id"])
             modality, pixel_key = study.modality or "medical", study.pixel_key
         image = context.pixels.get(pixel_key) if (context.pixels and pixel_key) else None
-        findings = client.ask(
-            AskRequest(
-                question=f"Describe the findings in this {modality} image.",
-                image=image,
-                max_new_tokens=context.max_new_tokens,
-            )
-        )
-        impression = client.ask(
-            AskRequest(
-                question="What is the overall impression?", image=image, max_new_tokens=context.max_new_tokens
-            )
-        )
+        questions = [f"Describe the findings in this {modality} image.", "What is the overall impression?"]
+        asks = [AskRequest(question=q, image=image, max_new_tokens=context.max_new_tokens) for q in questions]
+        # Sent together, so the batching engine decodes both in one batch instead of one after the other.
+        with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+            findings, impression = pool.map(client.ask, asks)
         confidence = round(float(min(findings.mean_logprob, impression.mean_logprob)), 4)
         qc = _qc(image)
         draft = (
