@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from models.healthgpt import Answer, HealthGPT, Request
+from models.healthgpt import Answer, HealthGPT
 from models.spec import PluginSpec
 
 log = logging.getLogger(__name__)
@@ -351,8 +351,7 @@ class Engine:
             if now > job.deadline:
                 job._finish(None, RequestTimedOut(f"exceeded {self.limits.request_timeout_s:.0f} s"))
                 continue
-            plan = Request(r.question, None, job.plugin_key, r.max_new_tokens, constrain_vq=r.constrain_vq)
-            token = model._choose(logits[i], plan, job.generated)
+            token = model._choose(logits[i], r.constrain_vq, job.generated)
             job.generated.append(token)
             job.logprobs.append(float(logprobs[i, token]))
             if job.first_token_at is None:

@@ -408,7 +408,9 @@ class HealthGPT:
             done = [False] * len(requests)
             limit = max(r.max_new_tokens for r in requests)
             for _ in range(limit):
-                next_ids = [self._choose(logits[i], requests[i], outputs[i]) for i in range(len(requests))]
+                next_ids = [
+                    self._choose(logits[i], r.constrain_vq, outputs[i]) for i, r in enumerate(requests)
+                ]
                 step_logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for i, token in enumerate(next_ids):
                     if done[i]:
@@ -443,12 +445,13 @@ class HealthGPT:
             for r, out, lp, row in zip(requests, outputs, chosen_logprobs, rows, strict=True)
         ]
 
-    def _choose(self, logits: torch.Tensor, request: Request, so_far: list[int]) -> int:
-        if request.constrain_vq is None or self.vq_token_ids is None:
+    def _choose(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
+        """Greedy choice; with ``constrain_vq``, exactly that many VQ tokens, then <end_index>."""
+        if constrain_vq is None or self.vq_token_ids is None:
             return int(torch.argmax(logits))
-        if len(so_far) < request.constrain_vq:  # only VQ tokens until the grid is full
+        if len(so_far) < constrain_vq:  # only VQ tokens until the grid is full
             return int(self.vq_token_ids[torch.argmax(logits[self.vq_token_ids])])
-        if len(so_far) == request.constrain_vq:
+        if len(so_far) == constrain_vq:
             return self.tokenizer.token_to_id(END_INDEX)
         return self.eos_token_ids[-1]
 
