@@ -35,7 +35,7 @@ from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
 from tools.qc import check_image
 from tools.retrieval import build_index
 from tools.specialists import InProcessSpecialists, SpecialistsClient
-from tools.triage import CATEGORIES
+from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
 
 
 class Message(TypedDict):
@@ -250,7 +250,7 @@ def build_graph(
         language = state.get("language", "en")
         category = state["triage"].get("category") or "red flag"
         label = CATEGORIES.get(category, category)
-        shown = prompts.CATEGORY_ZH.get(category, label) if language == "zh" else label
+        shown = CATEGORIES_ZH.get(category, label) if language == "zh" else label
         text = prompts.EMERGENCY[language].format(category=shown)
         if category == "suicide":
             text += " " + prompts.CRISIS_LINES[language]
@@ -263,6 +263,28 @@ def build_graph(
                 f"Red flag ({label}) in consultation {state['consultation_id']}",
             )
         return {"draft": text, "escalated": True, "tool_results": {"notified": notified}}
+
+    def same_day(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+        """The screen found an urgent (same-day) condition: the answer says so, the care team hears of it
+        at a lower priority than a red flag, and the decision goes into the answer's provenance."""
+        language = state.get("language", "en")
+        screen = state["triage"]
+        category = screen.get("category") or "other"
+        label = CATEGORIES.get(category, category)
+        shown = CATEGORIES_ZH.get(category, label) if language == "zh" else label
+        advice = f"{ADVICE['urgent'][language]} ({shown})"
+        with _records(runtime) as records:
+            notified = records.notify_care_team(
+                state["consultation_id"],
+                "same_day",
+                f"Same-day care advised ({label}) in consultation {state['consultation_id']}",
+            )
+        provenance = {**(state.get("provenance") or {}), "triage": _triage_provenance(screen)}
+        return {
+            "draft": f"{state.get('draft', '')}\n\n{advice}".strip(),
+            "provenance": provenance,
+            "tool_results": {**(state.get("tool_results") or {}), "notified": notified},
+        }
 
     def refuse(state: ChatState) -> ChatState:
         reason = state.get("refusal") or "admin_only"
@@ -289,7 +311,7 @@ def build_graph(
     for name, node in [
         ("intake", intake), ("safety_screen", safety_screen), ("route", decide_route), ("consult", consult),
         ("second_read", second_read), ("review", review), ("image_task", image_task), ("history", history),
-        ("admin", admin), ("escalate", escalate), ("refuse", refuse), ("compose", compose),
+        ("admin", admin), ("escalate", escalate), ("same_day", same_day), ("refuse", refuse), ("compose", compose),
         ("post_check", post_check),
     ]:  # fmt: skip
         graph.add_node(name, node)
@@ -298,11 +320,24 @@ def build_graph(
     graph.add_edge("safety_screen", "route")
     graph.add_conditional_edges("route", lambda s: s["route"], {str(r): str(r) for r in Route})
     graph.add_edge("second_read", "review")
-    for name in ("consult", "review", "image_task", "history", "admin", "escalate", "refuse"):
+    graph.add_conditional_edges(
+        "consult", lambda s: "same_day" if _needs_same_day(s) else "compose", ["same_day", "compose"]
+    )
+    for name in ("same_day", "review", "image_task", "history", "admin", "escalate", "refuse"):
         graph.add_edge(name, "compose")
     graph.add_edge("compose", "post_check")
     graph.add_edge("post_check", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _needs_same_day(state: ChatState) -> bool:
+    """A patient's message the screen rated urgent (emergencies never reach consult: they escalate)."""
+    return state["actor"]["role"] == "patient" and (state.get("triage") or {}).get("level") == "urgent"
+
+
+def _triage_provenance(screen: dict[str, Any]) -> dict[str, Any]:
+    keys = ("level", "category", "condition", "condition_name", "decided_by", "sources")
+    return {key: screen.get(key) for key in keys}
 
 
 def _relevant_history(state: ChatState, runtime: Runtime[TurnContext], k: int = 2) -> list[tuple[str, str]]:

@@ -31,25 +31,6 @@ EMERGENCY = {
         "不要等待在线回复。如果您独自一人，请打开门并告诉身边的人。已通知您的医疗团队。"
     ),
 }
-# The triage categories (tools/triage.py CATEGORIES) in Chinese, for the emergency text.
-CATEGORY_ZH = {
-    "unresponsive": "意识丧失或无反应",
-    "cardiac": "疑似心脏病发作",
-    "breathing": "严重呼吸困难",
-    "stroke": "疑似中风",
-    "anaphylaxis": "疑似严重过敏反应",
-    "pregnancy": "孕期出血或剧烈疼痛",
-    "bleeding": "无法控制的出血",
-    "gi_bleed": "呕血或黑色柏油样便",
-    "overdose": "药物过量或中毒",
-    "suicide": "自杀念头或自伤",
-    "seizure": "持续或反复抽搐",
-    "head_injury": "头部受伤伴意识丧失或危险征象",
-    "thunderclap_headache": "突发剧烈（雷击样）头痛",
-    "meningitis": "疑似脑膜炎",
-    "sepsis": "疑似脓毒症",
-    "infant_fever": "三个月以下婴儿发热",
-}
 CRISIS_LINES = {
     "en": "If you are thinking about harming yourself, you can also call or text a crisis line "
     "(988 in the US).",

@@ -18,7 +18,7 @@ from serving.model_cli import model_app
 from serving.pacs_cli import pacs_app
 from serving.settings import Settings, load_settings
 from serving.specialists_cli import intent_command, qc_command
-from serving.triage_cli import triage_command
+from serving.triage_cli import kb_check_command, triage_command
 
 app = typer.Typer(
     help="Health Agent: HealthGPT behind Ray Serve and a LangGraph agent.", no_args_is_help=True
@@ -32,6 +32,7 @@ app.add_typer(dicom_app, name="dicom")
 app.add_typer(pacs_app, name="pacs")
 db_app.command("prune")(prune_command)
 app.command("triage")(triage_command)
+app.command("triage-kb")(kb_check_command)
 app.command("intent")(intent_command)
 app.command("qc")(qc_command)
 

@@ -1,4 +1,4 @@
-"""``healthagent triage``: screen messages for red flags from the command line."""
+"""``healthagent triage``: screen messages for red flags and urgency from the command line."""
 
 from __future__ import annotations
 
@@ -13,16 +13,21 @@ if TYPE_CHECKING:
 
 
 def _show(result: TriageResult, json_out: bool) -> None:
-    from tools.triage import CATEGORIES
-
     if json_out:
         typer.echo(json.dumps(result.model_dump(), ensure_ascii=False))
-    elif result.red_flag and result.category is not None:
-        label = CATEGORIES[result.category]
-        typer.echo(f"RED FLAG [{result.category}: {label}]: {'; '.join(result.reasons)}")
+        return
+    from tools.triage import ADVICE, CATEGORIES
+
+    if result.condition is not None and result.category is not None:
+        head = "RED FLAG" if result.red_flag else result.level.upper().replace("_", " ")
+        typer.echo(f"{head} [{result.category}: {CATEGORIES[result.category]}] {result.condition_name}")
     else:
-        detail = f" ({'; '.join(result.reasons)})" if result.reasons else ""
-        typer.echo(f"no red flag{detail}")
+        typer.echo(f"{result.level.upper().replace('_', ' ')}: no condition matched")
+    typer.echo(f"  advice: {ADVICE[result.level]['en']}")
+    for reason in result.reasons:
+        typer.echo(f"  - {reason}")
+    for source in result.sources:
+        typer.echo(f"  source: {source}")
 
 
 def triage_command(
@@ -33,17 +38,40 @@ def triage_command(
         ),
     ],
     json_out: Annotated[
-        bool, typer.Option("--json", help='Print {"red_flag", "category", "reasons"} as JSON (one per line).')
+        bool,
+        typer.Option(
+            "--json",
+            help='One JSON object per message: {"red_flag", "category", "level", "condition", "evidence", '
+            '"sources", "reasons", ...}.',
+        ),
     ] = False,
 ) -> None:
-    """Screen a message for emergency red flags (rules in English and Chinese, plus similarity)."""
-    from tools.triage import triage
+    """Screen a message: urgency level (emergency / urgent / routine / self_care), the condition, the
+    evidence and its sources — English and Chinese, from the knowledge base in tools/triage/kb/."""
+    from tools.triage import KnowledgeError, triage
 
-    if text != "-":
-        _show(triage(text), json_out)
-        return
-    # Line by line, answering each before reading the next: usable as a filter on a live stream.
-    for line in iter(sys.stdin.readline, ""):
-        message = line.strip()
-        if message:
-            _show(triage(message), json_out)
+    try:
+        if text != "-":
+            _show(triage(text), json_out)
+            return
+        # Line by line, answering each before reading the next: usable as a filter on a live stream.
+        for line in iter(sys.stdin.readline, ""):
+            message = line.strip()
+            if message:
+                _show(triage(message), json_out)
+    except KnowledgeError as exc:
+        typer.echo(f"error: the triage knowledge base does not load: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def kb_check_command(
+    run_tests: Annotated[
+        bool, typer.Option("--tests", help="Also run every condition's own test cases through the screen.")
+    ] = False,
+) -> None:
+    """Load the triage knowledge base, compile every pattern, check references and examples."""
+    from tools.triage.knowledge import main
+
+    code = main(["tests" if run_tests else "check"])
+    if code:
+        raise typer.Exit(code)

@@ -31,6 +31,9 @@ class Provenance(BaseModel):
     seconds: float = Field(ge=0)
     escalated_from: str | None = Field(default=None, description="The model the cascade escalated from.")
     escalation_reason: str | None = None
+    triage: dict[str, Any] | None = Field(
+        default=None, description="The red-flag screen's decision when it changed the answer (urgent care)."
+    )
 
 
 class AskRequest(BaseModel):

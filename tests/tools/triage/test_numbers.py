@@ -1,0 +1,111 @@
+"""Numbers are parsed, not enumerated: any count, any temperature scale, ages in days to years."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.triage.numbers import counts_near, durations, measures
+from tools.triage.text import normalise
+
+
+@pytest.mark.parametrize(
+    ("text", "celsius"),
+    [
+        ("her temp is 39.4c", 39.4),
+        ("temperature 102F since last night", 38.9),
+        ("fever of 103 degrees fahrenheit", 39.4),
+        ("thermometer says 38.2", 38.2),
+        ("he has a fever, 101.5", 38.6),
+        ("孩子发烧39度", 39.0),
+        ("体温38.5℃", 38.5),
+        ("烧到40度了", 40.0),
+        ("my temperature is 35.0", 35.0),
+    ],
+)
+def test_temperatures_in_either_scale(text: str, celsius: float) -> None:
+    assert measures(normalise(text))["temp_c"] == celsius
+
+
+@pytest.mark.parametrize(
+    ("text", "months"),
+    [
+        ("my 6-week-old baby", 1.38),
+        ("she is 3 months old", 3.0),
+        ("my ten day old", 0.33),
+        ("I'm 72 and diabetic", 864.0),
+        ("72yo male with chest pain", 864.0),
+        ("34f, pregnant", 408.0),
+        ("a two-year-old boy", 24.0),
+        ("宝宝3个月大", 3.0),
+        ("我妈今年78岁", 936.0),
+        ("出生10天的宝宝", 0.33),
+        ("newborn is not feeding", 0.5),
+    ],
+)
+def test_ages_from_days_to_years(text: str, months: float) -> None:
+    assert measures(normalise(text))["age_months"] == pytest.approx(months, abs=0.01)
+
+
+def test_an_age_at_another_time_is_not_the_age_now() -> None:
+    assert "age_months" not in measures(normalise("I had asthma when I was 5"))
+
+
+@pytest.mark.parametrize(
+    ("text", "weeks"),
+    [("I'm 34 weeks pregnant", 34), ("pregnant, at 28+3 weeks", 28), ("怀孕32周", 32), ("孕20周", 20)],
+)
+def test_pregnancy_weeks(text: str, weeks: float) -> None:
+    assert measures(normalise(text))["pregnancy_weeks"] == weeks
+
+
+def test_vital_signs() -> None:
+    found = measures(normalise("sats 88% on the pulse ox, bp 85/50, pulse 130, breathing rate 32"))
+    assert (found["spo2"], found["sbp"], found["dbp"], found["heart_rate"], found["resp_rate"]) == (
+        88, 85, 50, 130, 32,
+    )  # fmt: skip
+    assert measures(normalise("血氧89，血压180/110，心率120"))["spo2"] == 89
+
+
+@pytest.mark.parametrize(
+    ("text", "mmol"),
+    [
+        ("blood sugar 2.6 mmol/l", 2.6),
+        ("glucose 450 mg/dl", 25.0),
+        ("sugar reading was 32", 32.0),
+        ("血糖2.8", 2.8),
+    ],
+)
+def test_blood_sugar_in_either_unit(text: str, mmol: float) -> None:
+    assert measures(normalise(text))["glucose_mmol"] == mmol
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "count"),
+    [
+        ("he has had 4 seizures today", "seizures", 4),
+        ("she had 11 seizures since noon", "seizures", 11),
+        ("vomited six times this morning", "vomited", 6),
+        ("this is his third seizure", "seizure", 3),
+        ("孩子今天抽了3次", "抽了", 3),
+        ("抽了十二次", "抽了", 12),
+    ],
+)
+def test_counts_are_parsed(sentence: str, finding: str, count: float) -> None:
+    start = sentence.index(finding)
+    assert counts_near(sentence, start, start + len(finding)) == count
+
+
+@pytest.mark.parametrize(
+    ("sentence", "minutes"),
+    [
+        ("the seizure lasted 7 minutes", 7),
+        ("fitting for over 10 mins", 10),
+        ("fever for 5 days", 7200),
+        ("no wet nappy for 12 hours", 720),
+        ("抽了六分钟", 6),
+        ("发烧三天了", 4320),
+        ("pain since yesterday", 1080),
+    ],
+)
+def test_durations_are_parsed(sentence: str, minutes: float) -> None:
+    assert max(durations(normalise(sentence))) == minutes

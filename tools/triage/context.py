@@ -1,0 +1,190 @@
+"""Assertion status of each finding occurrence: affirmed, negated, historical, hypothetical, family,
+plus *uncertain* (still counted) and *chronic* (long-standing and unchanged).
+
+English goes through negspacy (the NegEx mechanism on a blank spaCy pipeline, no model download): its
+maintained ``en_clinical`` negation termset plus our cue lists for the other modifiers, one NegEx component
+each, all over the overlapping finding spans. Chinese goes through our own rules (negation just before the
+finding within its clause, the other cues within the sentence). Cue lists are data: ``kb/context.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+import yaml
+
+from tools.triage.knowledge import KB_DIR
+
+Status = Literal["affirmed", "uncertain", "negated", "historical", "hypothetical", "family", "chronic"]
+# When several modifiers apply, the one listed first decides (a negated past event is negated).
+_PRECEDENCE: tuple[Status, ...] = ("negated", "hypothetical", "family", "historical", "chronic", "uncertain")
+_MODIFIERS = ("negated", "historical", "hypothetical", "family", "uncertain")
+# negspacy's en_clinical cues that misread patients' own words: "I can't stop vomiting" is no negation.
+_DROP_EN_CLINICAL = {"can't", "cant", "cannot", "couldn't", "couldnt", "doubt", "versus", "evaluate for"}
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+
+@cache
+def cues() -> dict[str, Any]:
+    return yaml.safe_load((KB_DIR / "context.yaml").read_text("utf-8"))
+
+
+@cache
+def _english_pipeline() -> Any:
+    import spacy
+    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
+    from negspacy.termsets import termset
+
+    en = cues()["en"]
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer", config={"punct_chars": [".", "!", "?", "\n", ";", "。", "！", "？"]})
+    for modifier in _MODIFIERS:
+        spec = en[modifier]
+        if modifier == "negated":
+            base = termset("en_clinical").get_patterns()
+            terms = {
+                "pseudo_negations": [*base["pseudo_negations"], *spec.get("pseudo", [])],
+                "preceding_negations": [
+                    *(c for c in base["preceding_negations"] if c not in _DROP_EN_CLINICAL),
+                    *spec.get("preceding", []),
+                ],
+                "following_negations": [*base["following_negations"], *spec.get("following", [])],
+                "termination": [*base["termination"], *spec.get("termination", [])],
+            }
+        else:
+            terms = {
+                "pseudo_negations": spec.get("pseudo", []),
+                "preceding_negations": spec.get("preceding", []),
+                "following_negations": spec.get("following", []),
+                "termination": spec.get("termination", []),
+            }
+        nlp.add_pipe(
+            "negex",
+            name=f"ctx_{modifier}",
+            config={"neg_termset": terms, "extension_name": f"ctx_{modifier}", "span_keys": ["findings"]},
+        )
+    return nlp
+
+
+def _sentence_bounds(text: str) -> list[tuple[int, int]]:
+    bounds, start = [], 0
+    for match in re.finditer(r"[.!?;\n。！？；]+", text):
+        if match.start() > 0 and text[match.start() - 1].isdigit() and match.group(0) == ".":
+            continue  # 38.5
+        bounds.append((start, match.end()))
+        start = match.end()
+    if start < len(text):
+        bounds.append((start, len(text)))
+    return bounds
+
+
+@cache
+def _chronic_rx(lang: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    spec = cues()[lang]
+    chronic = re.compile("|".join(f"(?:{p})" for p in spec["chronic"]))
+    cancel = re.compile("|".join(f"(?:{p})" for p in spec["chronic_cancelled_by"]))
+    return chronic, cancel
+
+
+def _chronic(sentence: str, lang: str) -> bool:
+    chronic, cancel = _chronic_rx(lang)
+    if not chronic.search(sentence):
+        return False
+    bounded = (lambda p: rf"\b(?:{p})\b") if lang == "en" else (lambda p: p)
+    return not re.search(bounded(cancel.pattern), sentence)
+
+
+def _decide(flags: set[str]) -> Status:
+    for status in _PRECEDENCE:
+        if status in flags:
+            return status
+    return "affirmed"
+
+
+def english_status(text: str, spans: list[Span]) -> list[Status]:
+    """The status of each span of ``text`` (normalised English), in order."""
+    if not spans:
+        return []
+    nlp = _english_pipeline()
+    doc = nlp.make_doc(text)
+    doc = nlp.get_pipe("sentencizer")(doc)
+    char_spans = []
+    for span in spans:
+        found = doc.char_span(span.start, span.end, alignment_mode="expand")
+        char_spans.append(found)
+    doc.spans["findings"] = [s for s in char_spans if s is not None]
+    for modifier in _MODIFIERS:
+        doc = nlp.get_pipe(f"ctx_{modifier}")(doc)
+    by_offsets = {(s.start_char, s.end_char): s for s in doc.spans["findings"]}
+    bounds = _sentence_bounds(text)
+    statuses: list[Status] = []
+    for span, found in zip(spans, char_spans, strict=True):
+        flags: set[str] = set()
+        if found is not None:
+            spacy_span = by_offsets.get((found.start_char, found.end_char), found)
+            flags = {m for m in _MODIFIERS if spacy_span._.get(f"ctx_{m}")}
+        sentence = next((text[a:b] for a, b in bounds if a <= span.start < b), text)
+        if _chronic(sentence, "en"):
+            flags.add("chronic")
+        statuses.append(_decide(flags))
+    return statuses
+
+
+_ZH_CLAUSE = re.compile(r"[，,、：:]|但是|但|可是|然而|不过")
+
+
+def _clause_start(text: str, position: int, sentence_start: int) -> int:
+    start = sentence_start
+    for match in _ZH_CLAUSE.finditer(text, sentence_start, position):
+        start = match.end()
+    return start
+
+
+@cache
+def _zh_cue_rx(name: str) -> re.Pattern[str]:
+    return re.compile("|".join(sorted(cues()["zh"][name], key=len, reverse=True)))
+
+
+def chinese_status(text: str, spans: list[Span]) -> list[Status]:
+    zh = cues()["zh"]
+    window = int(zh["negation_window"])
+    bounds = _sentence_bounds(text)
+    statuses: list[Status] = []
+    for span in spans:
+        sentence_start, sentence_end = next(
+            ((a, b) for a, b in bounds if a <= span.start < b), (0, len(text))
+        )
+        sentence = text[sentence_start:sentence_end]
+        clause_start = _clause_start(text, span.start, sentence_start)
+        before = text[max(clause_start, span.start - window) : span.start]
+        flags: set[str] = set()
+        if _zh_cue_rx("negated").search(before):
+            flags.add("negated")
+        clause_end = next(
+            (m.start() for m in _ZH_CLAUSE.finditer(text, span.end, sentence_end)), sentence_end
+        )
+        clause_text = text[clause_start:clause_end]
+        if _zh_cue_rx("historical").search(sentence) and not _zh_cue_rx("historical_cancelled_by").search(
+            clause_text
+        ):
+            flags.add("historical")
+        if _zh_cue_rx("hypothetical").search(sentence) and not _zh_cue_rx("hypothetical_cancelled_by").search(
+            clause_text
+        ):
+            flags.add("hypothetical")
+        if _zh_cue_rx("family").search(sentence):
+            flags.add("family")
+        if _zh_cue_rx("uncertain").search(text[clause_start : span.start]):
+            flags.add("uncertain")
+        if _chronic(sentence, "zh"):
+            flags.add("chronic")
+        statuses.append(_decide(flags))
+    return statuses

@@ -1,0 +1,178 @@
+"""The rules pass: extraction (findings with their spans and context, numbers) and scoring (conditions
+fire on their discriminators together; the highest level wins)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tools.triage import numbers
+from tools.triage.context import Span, Status, chinese_status, english_status
+from tools.triage.knowledge import LEVELS, AnyOf, Comparison, CompiledCondition, KnowledgeBase, Level, Line
+from tools.triage.text import normalise
+
+# Which assertions count, by the finding's kind; chronic symptoms count on routine / self-care lines only.
+_COUNTS: dict[str, frozenset[str]] = {
+    "symptom": frozenset({"affirmed", "uncertain"}),
+    "course": frozenset({"affirmed", "uncertain"}),
+    "risk": frozenset({"affirmed", "uncertain", "historical", "chronic"}),
+    "explain": frozenset({"affirmed", "uncertain", "historical", "chronic"}),
+}
+_LOW_LEVELS = frozenset({"routine", "self_care"})
+_SENTENCE_END = re.compile(r"[.!?;\n。！？；]+")
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    finding: str
+    kind: str
+    start: int
+    end: int
+    text: str
+    status: Status
+    count: float | None = None
+    duration_min: float | None = None
+
+
+@dataclass
+class Extraction:
+    text: str
+    occurrences: list[Occurrence]
+    measures: dict[str, float]
+    _by_finding: dict[str, list[Occurrence]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for occurrence in self.occurrences:
+            self._by_finding.setdefault(occurrence.finding, []).append(occurrence)
+
+    def counted(self, finding: str, level: str) -> list[Occurrence]:
+        found = []
+        for occurrence in self._by_finding.get(finding, ()):
+            allowed = _COUNTS[occurrence.kind]
+            if occurrence.status in allowed or (occurrence.status == "chronic" and level in _LOW_LEVELS):
+                found.append(occurrence)
+        return found
+
+
+def _sentence_of(text: str, position: int) -> tuple[int, int]:
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.end() <= position:
+            start = match.end()
+        elif match.start() >= position:
+            return start, match.start()
+    return start, len(text)
+
+
+def extract(kb: KnowledgeBase, raw: str) -> Extraction:
+    text = normalise(raw)
+    spans: list[tuple[str, str, int, int, str]] = []  # finding, kind, start, end, lang
+    for finding_id, compiled in kb.findings.items():
+        kind = compiled.finding.kind
+        for lang, patterns in (("en", compiled.en), ("zh", compiled.zh)):
+            taken: list[tuple[int, int]] = []
+            for pattern in patterns:
+                for match in pattern.finditer(text):
+                    if match.end() == match.start():
+                        continue
+                    if any(a <= match.start() < b or match.start() <= a < match.end() for a, b in taken):
+                        continue
+                    taken.append((match.start(), match.end()))
+                    spans.append((finding_id, kind, match.start(), match.end(), lang))
+    en_spans = [s for s in spans if s[4] == "en"]
+    zh_spans = [s for s in spans if s[4] == "zh"]
+    statuses: dict[tuple[str, int, int, str], Status] = {}
+    for group, assess in ((en_spans, english_status), (zh_spans, chinese_status)):
+        found = assess(text, [Span(s[2], s[3]) for s in group])
+        for span, status in zip(group, found, strict=True):
+            statuses[(span[0], span[2], span[3], span[4])] = status
+    occurrences = []
+    for finding_id, kind, start, end, lang in sorted(spans, key=lambda s: (s[2], s[0])):
+        a, b = _sentence_of(text, start)
+        sentence = text[a:b]
+        spans_durations = numbers.durations(sentence)
+        occurrences.append(
+            Occurrence(
+                finding=finding_id,
+                kind=kind,
+                start=start,
+                end=end,
+                text=text[start:end],
+                status=statuses[(finding_id, start, end, lang)],
+                count=numbers.counts_near(sentence, start - a, end - a),
+                duration_min=max(spans_durations) if spans_durations else None,
+            )
+        )
+    return Extraction(text, occurrences, numbers.measures(text))
+
+
+# --- scoring -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    condition: CompiledCondition
+    level: Level
+    line: Line
+    evidence: tuple[Occurrence, ...]
+    explained_by: Line | None = None
+    numbers: tuple[str, ...] = ()
+
+    @property
+    def specificity(self) -> int:
+        return len(self.line.terms)
+
+
+def _line_holds(line: Line, extraction: Extraction, level: str) -> tuple[bool, list[Occurrence], list[str]]:
+    evidence: list[Occurrence] = []
+    quoted: list[str] = []
+    for term in line.terms:
+        if isinstance(term, AnyOf):
+            hits = [o for finding in term.findings for o in extraction.counted(finding, level)]
+            if not hits:
+                return False, [], []
+            evidence.append(hits[0])
+            continue
+        assert isinstance(term, Comparison)
+        if term.finding is None:
+            observed = extraction.measures.get(term.measure)
+        else:
+            occurrences = extraction.counted(term.finding, level)
+            values = [getattr(o, "count" if term.measure == "count" else "duration_min") for o in occurrences]
+            present = [v for v in values if v is not None]
+            observed = max(present) if present else None
+        if not term.holds(observed):
+            return False, [], []
+        quoted.append(f"{term.measure}{f'({term.finding})' if term.finding else ''}={observed:g}")
+    return True, evidence, quoted
+
+
+def score_condition(compiled: CompiledCondition, extraction: Extraction) -> Match | None:
+    for level in reversed(LEVELS):
+        for line in compiled.lines[level]:
+            holds, evidence, quoted = _line_holds(line, extraction, level)
+            if not holds:
+                continue
+            for explanation in compiled.explained_by:
+                explained, _, _ = _line_holds(explanation, extraction, level)
+                if explained:
+                    lowered = LEVELS[max(0, LEVELS.index(level) - 1)]
+                    return Match(compiled, lowered, line, tuple(evidence), explanation, tuple(quoted))
+            return Match(compiled, level, line, tuple(evidence), None, tuple(quoted))
+    return None
+
+
+def score(kb: KnowledgeBase, extraction: Extraction) -> list[Match]:
+    """Every condition that fires, most urgent first (then the more specific line, then KB order)."""
+    matches = [m for m in (score_condition(c, extraction) for c in kb.conditions) if m is not None]
+    order = {c.condition.id: i for i, c in enumerate(kb.conditions)}
+    matches.sort(key=lambda m: (-LEVELS.index(m.level), -m.specificity, order[m.condition.condition.id]))
+    return matches
+
+
+def default_level(extraction: Extraction) -> Level:
+    """Nothing fired: routine when the message reports a current symptom, else self-care."""
+    current = any(
+        o.kind == "symptom" and o.status in ("affirmed", "uncertain") for o in extraction.occurrences
+    )
+    return "routine" if current else "self_care"

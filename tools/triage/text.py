@@ -1,0 +1,94 @@
+"""Text normalisation before matching: NFKC, lower case, straight apostrophes, dropped apostrophes and
+common misspellings of the knowledge base's own words repaired, Chinese filler adverbs removed.
+
+The reasons and evidence the screen returns quote this normalised text."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import cache, lru_cache
+
+from tools import embeddings
+
+MAX_CHARS = 8000  # the gateway's message cap; longer input is screened on its first MAX_CHARS characters
+
+_CONTRACTIONS = {
+    "cant": "can't", "dont": "don't", "wont": "won't", "doesnt": "doesn't", "didnt": "didn't",
+    "isnt": "isn't", "arent": "aren't", "wasnt": "wasn't", "werent": "weren't", "havent": "haven't",
+    "hasnt": "hasn't", "hadnt": "hadn't", "couldnt": "couldn't", "wouldnt": "wouldn't", "im": "i'm",
+    "ive": "i've", "theyre": "they're", "youre": "you're", "thats": "that's", "whats": "what's",
+    "u": "you", "ur": "your", "cannot": "can't", "hes": "he's", "shes": "she's", "pls": "please",
+}  # fmt: skip
+
+
+@cache
+def _lexicon() -> tuple[str, ...]:
+    """The plain words of the knowledge base's English patterns: a misspelling one edit away from one
+    of them is read as it (first letters are rarely mistyped, so candidates share the first letter)."""
+    from tools.triage.knowledge import knowledge_base
+
+    words: set[str] = set()
+    for compiled in knowledge_base().findings.values():
+        for pattern in compiled.finding.en:
+            words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?])", pattern))
+    return tuple(sorted(words))
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Optimal-string-alignment distance (adjacent swaps count one), capped just above ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, previous = previous, current
+    return previous[-1]
+
+
+@lru_cache(maxsize=8192)
+def _correct(word: str) -> str:
+    if word in _CONTRACTIONS:
+        return _CONTRACTIONS[word]
+    if len(word) < 5 or embeddings.known_word(word):
+        return word
+    lexicon = _lexicon()
+    if word in lexicon:
+        return word
+    limit = 1 if len(word) < 9 else 2
+    best, best_distance = word, limit + 1
+    for candidate in lexicon:  # sorted: ties resolve the same way every time
+        if candidate[0] != word[0]:
+            continue
+        distance = _edit_distance(word, candidate, limit)
+        if distance < best_distance:
+            best, best_distance = candidate, distance
+    return best
+
+
+# Chinese adverbs that sit between the parts of a phrase ("嘴唇都紫了") and carry no clinical meaning.
+_ZH_FILLER = re.compile(r"(?<=[\u4e00-\u9fff])(?:都|也|还|就|又|却|真的|简直)(?=[\u4e00-\u9fff])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text[:MAX_CHARS]).lower()
+    text = _CONTROL.sub(" ", text)
+    text = re.sub(r"[\u2018\u2019\u02bc`´]", "'", text)
+    text = re.sub(r"[a-z]+", lambda m: _correct(m.group(0)), text)
+    text = _ZH_FILLER.sub("", text)
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def is_chinese(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return bool(letters) and sum(1 for c in letters if _CJK.match(c)) / len(letters) >= 0.3
