@@ -311,7 +311,8 @@ def build_graph(
     for name, node in [
         ("intake", intake), ("safety_screen", safety_screen), ("route", decide_route), ("consult", consult),
         ("second_read", second_read), ("review", review), ("image_task", image_task), ("history", history),
-        ("admin", admin), ("escalate", escalate), ("same_day", same_day), ("refuse", refuse), ("compose", compose),
+        ("admin", admin), ("escalate", escalate), ("same_day", same_day), ("refuse", refuse),
+        ("compose", compose),
         ("post_check", post_check),
     ]:  # fmt: skip
         graph.add_node(name, node)

@@ -209,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             "file": str(FROZEN.relative_to(ROOT)),
             "sha256": FROZEN_SHA.read_text().split()[0],
             "n": len(frozen),
-        },  # fmt: skip
+        },
         "knowledge_base": {
             "findings": len(kb.findings),
             "conditions": len(kb.conditions),
             "conditions_with_emergency_lines": emergency_conditions,
-        },  # fmt: skip
+        },
         "classifier": {"raise_at": classifier.RAISE_AT, "training_rows": len(classifier.training_set())},
         "machine": {
             "python": sys.version.split()[0],
@@ -231,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                 c.red_flag and not r.red_flag
                 for c, r, row in zip(combined, rules, frozen, strict=True)
                 if row["level"] == "emergency"
-            ),  # fmt: skip
+            ),
             "false_alarms_added": sum(
                 c.red_flag and not r.red_flag
                 for c, r, row in zip(combined, rules, frozen, strict=True)
                 if row["level"] != "emergency"
-            ),  # fmt: skip
+            ),
         },
         "dev": dev_figures(dev, dev_results),
     }
@@ -248,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             v = f[key]
             return f"{v['value']} [{v['ci95'][0]}, {v['ci95'][1]}]" if v["value"] is not None else "-"
 
-        return (f"{name:<24} n={f['n']:<4} recall {show('emergency_recall')}  false alarms {show('false_alarm_rate')}"
-                f"  category {show('category_accuracy_on_caught')}  level {show('level_accuracy')}")  # fmt: skip
+        return (
+            f"{name:<24} n={f['n']:<4} recall {show('emergency_recall')}"
+            f"  false alarms {show('false_alarm_rate')}"
+            f"  category {show('category_accuracy_on_caught')}  level {show('level_accuracy')}"
+        )
 
     for mode in ("rules_and_classifier", "rules_only"):
         print(f"frozen set, {mode}:")

@@ -383,7 +383,7 @@ def example_failures(kb: KnowledgeBase) -> list[str]:
     return failures
 
 
-def test_failures(kb: KnowledgeBase) -> tuple[int, list[str]]:
+def case_failures(kb: KnowledgeBase) -> tuple[int, list[str]]:
     """Each condition's test cases through the whole screen: (cases run, failures described)."""
     from tools.triage import triage
 
@@ -395,7 +395,8 @@ def test_failures(kb: KnowledgeBase) -> tuple[int, list[str]]:
             if result.level != case.level:
                 failures.append(
                     f"{compiled.condition.source_file}: {compiled.condition.id}: {case.text!r} expected "
-                    f"{case.level}, got {result.level} ({result.condition}; {'; '.join(result.reasons)[:200]})"
+                    f"{case.level}, got {result.level} ({result.condition}; "
+                    f"{'; '.join(result.reasons)[:200]})"
                 )
     return total, failures
 
@@ -416,7 +417,7 @@ def main(argv: list[str]) -> int:
         return 1 if failures else 0
     if command == "tests":
         only = argv[1] if len(argv) > 1 else None
-        total, failures = test_failures(kb)
+        total, failures = case_failures(kb)
         failures = [f for f in failures if only is None or f.startswith(only)]
         for failure in failures:
             print("FAIL", failure)

@@ -85,7 +85,8 @@ ADVICE: dict[str, dict[str, str]] = {
         "zh": "请立即拨打急救电话（120）或前往最近的急诊科。",
     },
     "urgent": {
-        "en": "This needs to be seen by a clinician today: contact your doctor for a same-day appointment, an "
+        "en": "This needs to be seen by a clinician today: contact your doctor for a same-day appointment, "
+        "an "
         "urgent care centre or a nurse line. If it gets worse, call emergency services.",
         "zh": "这需要今天就看医生：请联系您的医生预约当天就诊，或前往急诊/门诊。如果加重，请拨打急救电话。",
     },

@@ -71,7 +71,8 @@ _EN_FUZZY_DURATION = {
     r"\bsince this morning\b": 360, r"\ball week\b": 7200, r"\bfor ages\b": 43800,
     r"\bsince (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|the weekend)\b": 2880,
 }  # fmt: skip
-_ZH_UNIT_MIN = {"秒": 1 / 60, "分": 1, "分钟": 1, "小时": 60, "个小时": 60, "钟头": 60, "个钟头": 60, "天": 1440,
+_ZH_UNIT_MIN = {"秒": 1 / 60, "分": 1, "分钟": 1, "小时": 60, "个小时": 60, "钟头": 60, "个钟头": 60,
+                "天": 1440,
                 "日": 1440, "晚": 1440, "周": 10080, "星期": 10080, "个星期": 10080, "礼拜": 10080,
                 "个月": 43800, "月": 43800, "年": 525600}  # fmt: skip
 _ZH_DURATION = re.compile(
@@ -103,6 +104,7 @@ def durations(sentence: str) -> list[float]:
 
 # --- counts --------------------------------------------------------------------------------------------
 
+_SINGLE_WORDS = "|".join(w for w in _EN_WORDS if " " not in w)
 _EN_TIMES = re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})\s*(?:x|times)\b|\b(?P<w>once|twice|thrice)\b")
 _ZH_TIMES = re.compile(rf"(?P<n>{ZH_NUM})\s*(?:次|回|遍|阵)")
 
@@ -120,8 +122,7 @@ def counts_near(sentence: str, finding_start: int, finding_end: int) -> float | 
         if value is not None:
             best = max(best or 0, value)
     before = sentence[max(0, finding_start - 24) : finding_start]
-    direct = re.search(rf"(?<![\w.])(?P<n>\d+|{'|'.join(w for w in _EN_WORDS if ' ' not in w)})\s+(?:\w+\s+)?$",
-                       before)  # fmt: skip
+    direct = re.search(rf"(?<![\w.])(?P<n>\d+|{_SINGLE_WORDS})\s+(?:\w+\s+)?$", before)
     if direct and sentence[finding_start:finding_end].rstrip().endswith("s"):
         value = number(direct["n"])
         if value is not None and value < 100:
@@ -135,12 +136,14 @@ def counts_near(sentence: str, finding_start: int, finding_end: int) -> float | 
 # --- measures of the whole message ---------------------------------------------------------------------
 
 _AGE_EN = [
-    (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:years?|yrs?|y)[\s-]*old\b|(?<![\w.])(?P<n2>\d+)\s*(?:yo|y/o|y\.o\.)(?!\w)"), 12.0),
+    (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:years?|yrs?|y)[\s-]*old\b"
+                r"|(?<![\w.])(?P<n2>\d+)\s*(?:yo|y/o|y\.o\.)(?!\w)"), 12.0),
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:months?|mo|mths?)[\s-]*old\b"), 1.0),
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:weeks?|wks?)[\s-]*old\b"), 1 / 4.35),
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*days?[\s-]*old\b"), 1 / 30.4),
     (re.compile(r"\baged?\s+(?P<n>\d{1,3})\b|\b(?:i'm|i am|he's|she's|he is|she is)\s+(?P<n2>\d{1,3})\b"
-                r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes|hours?))"), 12.0),
+                r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes"
+                r"|hours?))"), 12.0),
     (re.compile(r"(?<![\w.])(?P<n>\d{1,2})\s*(?:m|f|male|female)\b(?!\w)"), 12.0),
 ]  # fmt: skip
 _AGE_ZH = [
@@ -148,7 +151,8 @@ _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:个)?月(?:大|的宝宝|宝宝|的孩子|婴儿|龄)"), 1.0),
     (re.compile(rf"(?:宝宝|婴儿|孩子|娃)\D{{0,2}}(?P<n>{ZH_NUM})\s*个月"), 1.0),
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周|个星期)(?:大|的宝宝|宝宝)"), 1 / 4.35),
-    (re.compile(rf"(?:出生|生下来)\D{{0,2}}(?P<n>{ZH_NUM})\s*天|(?P<n2>{ZH_NUM})\s*天(?:大|的宝宝|的新生儿)"), 1 / 30.4),
+    (re.compile(rf"(?:出生|生下来)\D{{0,2}}(?P<n>{ZH_NUM})\s*天"
+                rf"|(?P<n2>{ZH_NUM})\s*天(?:大|的宝宝|的新生儿)"), 1 / 30.4),
 ]  # fmt: skip
 
 
@@ -173,7 +177,8 @@ def _age_months(text: str) -> float | None:
 
 
 _PREG_WEEKS = [
-    re.compile(r"(?<![\w.])(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\s*(?:pregnant|gestation|along|gone|into (?:my|the) pregnancy)"),
+    re.compile(r"(?<![\w.])(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\s*"
+               r"(?:pregnant|gestation|along|gone|into (?:my|the) pregnancy)"),
     re.compile(r"\b(?:pregnant|pregnancy)\b.{0,30}?\b(?:at\s+)?(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\b"),
     re.compile(r"\b(?:i'm|i am|she's|she is|at)\s+(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\b(?!\s*old)"),
     re.compile(rf"(?:怀孕|孕|妊娠)\s*(?:第)?(?P<n>{ZH_NUM})\s*(?:周|个?星期)"),
@@ -205,7 +210,8 @@ _TEMP_UNIT = re.compile(
     r"|(?<![\w.])(?P<v2>\d{2}(?:\.\d+)?)\s*(?:度|℃)"
 )
 _TEMP_CONTEXT = re.compile(
-    r"(?:temp(?:erature)?|fever|thermometer|reading|spiked?|spiking|hit|ran|running|up to|体温|发烧|发热|烧到|高烧|低烧|烧)"
+    r"(?:temp(?:erature)?|fever|thermometer|reading|spiked?|spiking|hit|ran|running|up to"
+    r"|体温|发烧|发热|烧到|高烧|低烧|烧)"
     r"\D{0,14}?(?<![\d.])(?P<v>\d{2,3}(?:\.\d+)?)(?![\d/])"
 )
 
