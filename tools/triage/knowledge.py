@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from tools.triage.text import Lexicon
 
 KB_DIR = Path(__file__).with_name("kb")
 
@@ -271,6 +274,15 @@ class CompiledFinding:
     en: tuple[re.Pattern[str], ...]
     zh: tuple[re.Pattern[str], ...]
 
+    @cached_property
+    def any_en(self) -> re.Pattern[str] | None:
+        """All English patterns in one: a single search tells whether any of them can match."""
+        return re.compile("|".join(f"(?:{p.pattern})" for p in self.en)) if self.en else None
+
+    @cached_property
+    def any_zh(self) -> re.Pattern[str] | None:
+        return re.compile("|".join(f"(?:{p.pattern})" for p in self.zh)) if self.zh else None
+
 
 @dataclass(frozen=True)
 class CompiledCondition:
@@ -283,6 +295,12 @@ class CompiledCondition:
 class KnowledgeBase:
     findings: dict[str, CompiledFinding]
     conditions: tuple[CompiledCondition, ...]
+
+    @cached_property
+    def lexicon(self) -> Lexicon:
+        from tools.triage.text import Lexicon
+
+        return Lexicon([p for f in self.findings.values() for p in f.finding.en])
 
     def condition(self, condition_id: str) -> CompiledCondition:
         for compiled in self.conditions:
@@ -302,6 +320,7 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
     from tools.triage.levels import CATEGORIES
 
     findings: dict[str, CompiledFinding] = {}
+    _no_duplicate_ids(directory)
     for path in sorted((directory / "findings").glob("*.yaml")):
         data = _read_yaml(path) or {}
         if not isinstance(data, dict):
@@ -361,6 +380,24 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
     return KnowledgeBase(findings, tuple(conditions))
 
 
+def _no_duplicate_ids(directory: Path) -> None:
+    """Every id defined twice, all at once (authors of different files fix theirs in one go)."""
+    where: dict[str, list[str]] = {}
+    for path in sorted((directory / "findings").glob("*.yaml")):
+        data = _read_yaml(path) or {}
+        for finding_id in data if isinstance(data, dict) else ():
+            where.setdefault(str(finding_id), []).append(f"findings/{path.name}")
+    for path in sorted((directory / "conditions").glob("*.yaml")):
+        data = _read_yaml(path) or []
+        for entry in data if isinstance(data, list) else ():
+            if isinstance(entry, dict) and "id" in entry:
+                where.setdefault(str(entry["id"]), []).append(f"conditions/{path.name}")
+    twice = {i: files for i, files in where.items() if len(files) > 1}
+    if twice:
+        listed = "; ".join(f"{i!r} in {', '.join(files)}" for i, files in sorted(twice.items()))
+        raise KnowledgeError(f"ids defined more than once: {listed}")
+
+
 @cache
 def knowledge_base() -> KnowledgeBase:
     return load_kb()
@@ -375,7 +412,7 @@ def example_failures(kb: KnowledgeBase) -> list[str]:
         for lang in ("en", "zh"):
             patterns = compiled.en if lang == "en" else compiled.zh
             for example in getattr(compiled.finding.examples, lang):
-                text = normalise(example)
+                text = normalise(example, kb.lexicon)
                 if not any(p.search(text) for p in patterns):
                     failures.append(
                         f"{compiled.finding.source_file}: {compiled.finding.id} ({lang}): {example!r}"

@@ -135,6 +135,11 @@ def counts_near(sentence: str, finding_start: int, finding_end: int) -> float | 
 
 # --- measures of the whole message ---------------------------------------------------------------------
 
+_PEOPLE = (
+    r"dad|father|mum|mom|mother|son|daughter|husband|wife|partner|boyfriend|girlfriend|grandma|grandmother"
+    r"|grandad|granddad|grandfather|grandpa|nan|nana|gran|granny|baby|brother|sister|friend|boy|girl|child"
+    r"|kid|toddler|aunt|uncle|neighbour|neighbor|patient|fiance|fiancee|roommate|flatmate|colleague"
+)
 _AGE_EN = [
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:years?|yrs?|y)[\s-]*old\b"
                 r"|(?<![\w.])(?P<n2>\d+)\s*(?:yo|y/o|y\.o\.)(?!\w)"), 12.0),
@@ -145,6 +150,8 @@ _AGE_EN = [
                 r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes"
                 r"|hours?))"), 12.0),
     (re.compile(r"(?<![\w.])(?P<n>\d{1,2})\s*(?:m|f|male|female)\b(?!\w)"), 12.0),
+    (re.compile(rf"\b(?:{_PEOPLE}),?\s+(?:is|was|aged|who\s+is|turned)\s+(?P<n>\d{{1,3}})\b"
+                r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes|hours?))"), 12.0),
 ]  # fmt: skip
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),

@@ -20,6 +20,8 @@ _COUNTS: dict[str, frozenset[str]] = {
 }
 _LOW_LEVELS = frozenset({"routine", "self_care"})
 _SENTENCE_END = re.compile(r"[.!?;\n。！？；]+")
+_LATIN = re.compile(r"[a-z]")
+_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,17 @@ def _sentence_of(text: str, position: int) -> tuple[int, int]:
 
 
 def extract(kb: KnowledgeBase, raw: str) -> Extraction:
-    text = normalise(raw)
+    text = normalise(raw, kb.lexicon)
     spans: list[tuple[str, str, int, int, str]] = []  # finding, kind, start, end, lang
+    has_latin, has_cjk = bool(_LATIN.search(text)), bool(_CJK.search(text))
     for finding_id, compiled in kb.findings.items():
         kind = compiled.finding.kind
-        for lang, patterns in (("en", compiled.en), ("zh", compiled.zh)):
+        for lang, patterns, gate in (
+            ("en", compiled.en, compiled.any_en if has_latin else None),
+            ("zh", compiled.zh, compiled.any_zh if has_cjk else None),
+        ):
+            if gate is None or not gate.search(text):
+                continue  # one search rules out every pattern of the finding
             taken: list[tuple[int, int]] = []
             for pattern in patterns:
                 for match in pattern.finditer(text):

@@ -22,17 +22,24 @@ _CONTRACTIONS = {
 }  # fmt: skip
 
 
+class Lexicon:
+    """The plain words of a knowledge base's English patterns: a misspelling one edit away from one of
+    them is read as it (first letters are rarely mistyped, so candidates share the first letter).
+    Hashed by identity, so corrections are cached per knowledge base cheaply."""
+
+    def __init__(self, english_patterns: list[str]) -> None:
+        words: set[str] = set()
+        for pattern in english_patterns:
+            words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?])", pattern))
+        self.words = tuple(sorted(words))
+        self.known = frozenset(self.words)
+
+
 @cache
-def _lexicon() -> tuple[str, ...]:
-    """The plain words of the knowledge base's English patterns: a misspelling one edit away from one
-    of them is read as it (first letters are rarely mistyped, so candidates share the first letter)."""
+def _default_lexicon() -> Lexicon:
     from tools.triage.knowledge import knowledge_base
 
-    words: set[str] = set()
-    for compiled in knowledge_base().findings.values():
-        for pattern in compiled.finding.en:
-            words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?])", pattern))
-    return tuple(sorted(words))
+    return knowledge_base().lexicon
 
 
 def _edit_distance(a: str, b: str, limit: int) -> int:
@@ -52,18 +59,15 @@ def _edit_distance(a: str, b: str, limit: int) -> int:
     return previous[-1]
 
 
-@lru_cache(maxsize=8192)
-def _correct(word: str) -> str:
+@lru_cache(maxsize=16384)
+def _correct(word: str, lexicon: Lexicon) -> str:
     if word in _CONTRACTIONS:
         return _CONTRACTIONS[word]
-    if len(word) < 5 or embeddings.known_word(word):
-        return word
-    lexicon = _lexicon()
-    if word in lexicon:
+    if len(word) < 5 or word in lexicon.known or embeddings.known_word(word):
         return word
     limit = 1 if len(word) < 9 else 2
     best, best_distance = word, limit + 1
-    for candidate in lexicon:  # sorted: ties resolve the same way every time
+    for candidate in lexicon.words:  # sorted: ties resolve the same way every time
         if candidate[0] != word[0]:
             continue
         distance = _edit_distance(word, candidate, limit)
@@ -77,11 +81,13 @@ _ZH_FILLER = re.compile(r"(?<=[\u4e00-\u9fff])(?:都|也|还|就|又|却|真的|
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, lexicon: Lexicon | None = None) -> str:
+    """``lexicon``: the words misspellings are corrected to (default: the clinical knowledge base's)."""
+    words = lexicon if lexicon is not None else _default_lexicon()
     text = unicodedata.normalize("NFKC", text[:MAX_CHARS]).lower()
     text = _CONTROL.sub(" ", text)
     text = re.sub(r"[\u2018\u2019\u02bc`´]", "'", text)
-    text = re.sub(r"[a-z]+", lambda m: _correct(m.group(0)), text)
+    text = re.sub(r"[a-z]+", lambda m: _correct(m.group(0), words), text)
     text = _ZH_FILLER.sub("", text)
     return re.sub(r"[ \t]+", " ", text).strip()
 

@@ -88,7 +88,7 @@ CONDITION = "- id: c\n  name: {en: c, zh: c}\n  category: %s\n  sources: [x]\n  
         (
             FINDING,
             "- id: pain\n  name: {en: c, zh: c}\n  category: cardiac\n  sources: [x]\n  urgent: [pain]\n",
-            "already used",
+            "more than once",
         ),
     ],
 )

@@ -109,3 +109,12 @@ def test_counts_are_parsed(sentence: str, finding: str, count: float) -> None:
 )
 def test_durations_are_parsed(sentence: str, minutes: float) -> None:
     assert max(durations(normalise(sentence))) == minutes
+
+
+@pytest.mark.parametrize(("text", "years"), [("my dad is 67 and diabetic", 67), ("my wife, who is 44, fainted", 44)])
+def test_the_age_of_the_person_written_about(text: str, years: float) -> None:
+    assert measures(normalise(text))["age_years"] == years
+
+
+def test_a_reading_is_not_an_age() -> None:
+    assert "age_years" not in measures(normalise("my temperature was 39 this morning"))
