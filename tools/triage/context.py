@@ -102,6 +102,22 @@ def _chronic(sentence: str, lang: str) -> bool:
     return not re.search(bounded(cancel.pattern), sentence)
 
 
+_CONTRAST = {
+    "en": re.compile(r"\b(?:but|however|although|though|whereas|except|this time|today|tonight|now)\b"),
+    "zh": re.compile(r"但是|但|可是|不过|然而|这次|今天|今晚|现在"),
+}
+
+
+def _segment(text: str, start: int, end: int, position: int, lang: str) -> str:
+    """The part of a sentence around ``position`` between contrast words: "my usual migraine, but this
+    time my arm went weak" keeps "usual" away from the weak arm."""
+    cuts = [start, *(m.start() for m in _CONTRAST[lang].finditer(text, start, end)), end]
+    for left, right in zip(cuts, cuts[1:], strict=False):
+        if left <= position < right:
+            return text[left:right]
+    return text[start:end]
+
+
 def _decide(flags: set[str]) -> Status:
     for status in _PRECEDENCE:
         if status in flags:
@@ -131,8 +147,8 @@ def english_status(text: str, spans: list[Span]) -> list[Status]:
         if found is not None:
             spacy_span = by_offsets.get((found.start_char, found.end_char), found)
             flags = {m for m in _MODIFIERS if spacy_span._.get(f"ctx_{m}")}
-        sentence = next((text[a:b] for a, b in bounds if a <= span.start < b), text)
-        if _chronic(sentence, "en"):
+        a, b = next(((a, b) for a, b in bounds if a <= span.start < b), (0, len(text)))
+        if _chronic(_segment(text, a, b, span.start, "en"), "en"):
             flags.add("chronic")
         statuses.append(_decide(flags))
     return statuses
@@ -184,7 +200,7 @@ def chinese_status(text: str, spans: list[Span]) -> list[Status]:
             flags.add("family")
         if _zh_cue_rx("uncertain").search(text[clause_start : span.start]):
             flags.add("uncertain")
-        if _chronic(sentence, "zh"):
+        if _chronic(_segment(text, sentence_start, sentence_end, span.start, "zh"), "zh"):
             flags.add("chronic")
         statuses.append(_decide(flags))
     return statuses

@@ -207,6 +207,21 @@ def _tokens(pattern: str) -> list[str]:
 
 
 _GAP = re.compile(r"^~(\d+)$")
+# A gap never steps over a negation: "my eye is not red" is no red eye, "脖子不硬" no stiff neck.
+_EN_NEGATION = (
+    r"no|not|never|without|none|nothing|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|hasn't|haven't"
+    r"|hadn't|won't|can't|cannot|couldn't|shouldn't|wouldn't|neither|nor"
+)
+
+
+def _en_gap(n: int | str) -> str:
+    return rf"(?:\s+(?!(?:{_EN_NEGATION})(?![\w'’-]))[\w'’-]+){{0,{n}}}[\s-]+"
+
+
+def _zh_gap(n: int | str) -> str:
+    return f"[^不没无未别{_ZH_STOP}]{{0,{n}}}"
+
+
 _ZH_STOP = r"，。！？；、,.!?;\n"
 
 
@@ -219,8 +234,8 @@ def _body(token: str, lang: str) -> str:
         token = token.replace(" ?", "\x00")  # "head ?ache": an optional space
         token = _INNER_GAP.sub(lambda m: f"\x01{m.group(1)}\x02", token)
         token = _spaces_outside_classes(token, r"[\s-]+").replace("\x00", r"\s?")
-        return re.sub("\x01(\\d+)\x02", lambda m: rf"(?:\s+[\w'’-]+){{0,{m.group(1)}}}[\s-]+", token)
-    token = _INNER_GAP.sub(lambda m: f"[^{_ZH_STOP}]{{0,{m.group(1)}}}", token)
+        return re.sub("\x01(\\d+)\x02", lambda m: _en_gap(m.group(1)), token)
+    token = _INNER_GAP.sub(lambda m: _zh_gap(m.group(1)), token)
     return _spaces_outside_classes(token, "")
 
 
@@ -254,9 +269,9 @@ def compile_pattern(pattern: str, lang: str) -> re.Pattern[str]:
         body = _body(token, lang)
         if parts:
             if lang == "en":
-                parts.append(rf"(?:\s+[\w'’-]+){{0,{pending_gap}}}[\s-]+" if pending_gap else r"[\s-]+")
+                parts.append(_en_gap(pending_gap) if pending_gap else r"[\s-]+")
             elif pending_gap:
-                parts.append(f"[^{_ZH_STOP}]{{0,{pending_gap}}}")
+                parts.append(_zh_gap(pending_gap))
         parts.append(f"(?:{body})")
         pending_gap = 0
     if not parts:

@@ -64,7 +64,7 @@ _EN_UNIT_MIN = {"sec": 1 / 60, "second": 1 / 60, "min": 1, "minute": 1, "hour": 
                 "yr": 525600}  # fmt: skip
 _EN_DURATION = re.compile(
     rf"(?<![\w.])(?P<n>{EN_NUM})(?:\s*(?:or|-|to)\s*{EN_NUM})?\s*\+?\s*(?P<unit>sec(?:ond)?s?|min(?:ute)?s?|h(?:ou)?rs?|h|hours?"
-    r"|days?|nights?|w(?:ee)?ks?|months?|y(?:ea)?rs?)\b(?!\s*old|[\s-]*old)"
+    r"|days?|nights?|w(?:ee)?ks?|months?|y(?:ea)?rs?)\b(?![\s-]*old|\s+ago|\s+back\b|\s+before)"
 )
 _EN_FUZZY_DURATION = {
     r"\ball (?:day|night)\b": 600, r"\bovernight\b": 480, r"\bsince (?:yesterday|last night)\b": 1080,
@@ -77,7 +77,7 @@ _ZH_UNIT_MIN = {"秒": 1 / 60, "分": 1, "分钟": 1, "小时": 60, "个小时":
                 "个月": 43800, "月": 43800, "年": 525600}  # fmt: skip
 _ZH_DURATION = re.compile(
     rf"(?P<n>{ZH_NUM})\s*多?\s*(?P<unit>分钟|秒|个小时|小时|个钟头|钟头|天|日|晚|个星期|星期|周|礼拜|个月|年)"
-    r"(?!大|的宝宝|岁)"
+    r"(?!大|的宝宝|岁|前|之前|以前)"
 )
 _ZH_FUZZY_DURATION = {r"一整天|一天一夜": 1440, r"一晚上|一整晚|一夜": 600, r"昨天(?:开始|起|晚上)": 1080,
                       r"今天早上开始|早上开始": 360}  # fmt: skip

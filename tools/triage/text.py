@@ -33,6 +33,16 @@ class Lexicon:
             words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?])", pattern))
         self.words = tuple(sorted(words))
         self.known = frozenset(self.words)
+        # Stems the patterns extend ("droop\w*", "faint(ed|ing)?", "stents?"): a word that starts with
+        # one is the knowledge base's own, never "corrected" into another author's word.
+        stems: dict[str, set[str]] = {}
+        for pattern in english_patterns:
+            for stem, optional in re.findall(r"(?<![\\\w])([a-z]{4,})(\??)", pattern):
+                stems.setdefault(stem[0], set()).add(stem[:-1] if optional else stem)
+        self.stems = {letter: tuple(sorted(group)) for letter, group in stems.items()}
+
+    def protects(self, word: str) -> bool:
+        return word in self.known or any(word.startswith(stem) for stem in self.stems.get(word[0], ()))
 
 
 @cache
@@ -63,7 +73,7 @@ def _edit_distance(a: str, b: str, limit: int) -> int:
 def _correct(word: str, lexicon: Lexicon) -> str:
     if word in _CONTRACTIONS:
         return _CONTRACTIONS[word]
-    if len(word) < 5 or word in lexicon.known or embeddings.known_word(word):
+    if len(word) < 5 or lexicon.protects(word) or embeddings.known_word(word):
         return word
     limit = 1 if len(word) < 9 else 2
     best, best_distance = word, limit + 1
@@ -77,7 +87,7 @@ def _correct(word: str, lexicon: Lexicon) -> str:
 
 
 # Chinese adverbs that sit between the parts of a phrase ("嘴唇都紫了") and carry no clinical meaning.
-_ZH_FILLER = re.compile(r"(?<=[\u4e00-\u9fff])(?:都|也|还|就|又|却|真的|简直)(?=[\u4e00-\u9fff])")
+_ZH_FILLER = re.compile(r"(?<=[\u4e00-\u9fff])(?:都|也|还|就|却|真的|简直)(?=[\u4e00-\u9fff])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 

@@ -57,3 +57,16 @@ def test_english_context(text: str, phrase: str, status: str) -> None:
 )
 def test_chinese_context(text: str, phrase: str, status: str) -> None:
     assert _status(text, phrase) == status
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase", "status"),
+    [
+        ("my usual migraine but this time my arm went weak", "arm went weak", "affirmed"),
+        ("my usual migraine but this time my arm went weak", "migraine", "chronic"),
+        ("我晕过去了", "晕过去", "affirmed"),
+        ("老毛病头痛，但这次突然说话不清", "说话不清", "affirmed"),
+    ],
+)
+def test_long_standing_and_past_cues_keep_to_their_part(text: str, phrase: str, status: str) -> None:
+    assert _status(text, phrase) == status

@@ -130,3 +130,10 @@ def test_the_frozen_evaluation_set_is_unchanged() -> None:
     data = (ROOT / "bench" / "data" / "triage-frozen-v1.jsonl").read_bytes()
     recorded = (ROOT / "bench" / "data" / "triage-frozen-v1.jsonl.sha256").read_text().split()[0]
     assert hashlib.sha256(data).hexdigest() == recorded
+
+
+def test_a_gap_never_steps_over_a_negation() -> None:
+    assert compile_pattern("eye ~2 red", "en").search("my eye is red")
+    assert not compile_pattern("eye ~2 red", "en").search("my eye is not red")
+    assert compile_pattern("脖子 ~2 硬", "zh").search("脖子很硬")
+    assert not compile_pattern("脖子 ~2 硬", "zh").search("脖子不硬")

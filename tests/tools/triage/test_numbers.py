@@ -111,10 +111,17 @@ def test_durations_are_parsed(sentence: str, minutes: float) -> None:
     assert max(durations(normalise(sentence))) == minutes
 
 
-@pytest.mark.parametrize(("text", "years"), [("my dad is 67 and diabetic", 67), ("my wife, who is 44, fainted", 44)])
+@pytest.mark.parametrize(
+    ("text", "years"), [("my dad is 67 and diabetic", 67), ("my wife, who is 44, fainted", 44)]
+)
 def test_the_age_of_the_person_written_about(text: str, years: float) -> None:
     assert measures(normalise(text))["age_years"] == years
 
 
 def test_a_reading_is_not_an_age() -> None:
     assert "age_years" not in measures(normalise("my temperature was 39 this morning"))
+
+
+@pytest.mark.parametrize("sentence", ["had a short seizure an hour ago", "两天前抽了一下"])
+def test_a_time_ago_is_not_a_duration(sentence: str) -> None:
+    assert durations(normalise(sentence)) == []
