@@ -10,6 +10,7 @@ finding within its clause, the other cues within the sentence). Cue lists are da
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -112,7 +113,7 @@ def _segment(text: str, start: int, end: int, position: int, lang: str) -> str:
     """The part of a sentence around ``position`` between contrast words: "my usual migraine, but this
     time my arm went weak" keeps "usual" away from the weak arm."""
     cuts = [start, *(m.start() for m in _CONTRAST[lang].finditer(text, start, end)), end]
-    for left, right in zip(cuts, cuts[1:], strict=False):
+    for left, right in pairwise(cuts):
         if left <= position < right:
             return text[left:right]
     return text[start:end]

@@ -140,6 +140,7 @@ _PEOPLE = (
     r"|grandad|granddad|grandfather|grandpa|nan|nana|gran|granny|baby|brother|sister|friend|boy|girl|child"
     r"|kid|toddler|aunt|uncle|neighbour|neighbor|patient|fiance|fiancee|roommate|flatmate|colleague"
 )
+_NOT_AN_AGE = r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes|hours?))"
 _AGE_EN = [
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:years?|yrs?|y)[\s-]*old\b"
                 r"|(?<![\w.])(?P<n2>\d+)\s*(?:yo|y/o|y\.o\.)(?!\w)"), 12.0),
@@ -151,7 +152,7 @@ _AGE_EN = [
                 r"|hours?))"), 12.0),
     (re.compile(r"(?<![\w.])(?P<n>\d{1,2})\s*(?:m|f|male|female)\b(?!\w)"), 12.0),
     (re.compile(rf"\b(?:{_PEOPLE}),?\s+(?:is|was|aged|who\s+is|turned)\s+(?P<n>\d{{1,3}})\b"
-                r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes|hours?))"), 12.0),
+                _NOT_AN_AGE), 12.0),
 ]  # fmt: skip
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),
