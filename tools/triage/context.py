@@ -10,9 +10,9 @@ finding within its clause, the other cues within the sentence). Cue lists are da
 from __future__ import annotations
 
 import re
-from itertools import pairwise
 from dataclasses import dataclass
 from functools import cache
+from itertools import pairwise
 from typing import Any, Literal
 
 import yaml

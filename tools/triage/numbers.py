@@ -148,11 +148,10 @@ _AGE_EN = [
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:weeks?|wks?)[\s-]*old\b"), 1 / 4.35),
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*days?[\s-]*old\b"), 1 / 30.4),
     (re.compile(r"\baged?\s+(?P<n>\d{1,3})\b|\b(?:i'm|i am|he's|she's|he is|she is)\s+(?P<n2>\d{1,3})\b"
-                r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes"
-                r"|hours?))"), 12.0),
+                + _NOT_AN_AGE), 12.0),
     (re.compile(r"(?<![\w.])(?P<n>\d{1,2})\s*(?:m|f|male|female)\b(?!\w)"), 12.0),
     (re.compile(rf"\b(?:{_PEOPLE}),?\s+(?:is|was|aged|who\s+is|turned)\s+(?P<n>\d{{1,3}})\b"
-                _NOT_AN_AGE), 12.0),
+                + _NOT_AN_AGE), 12.0),
 ]  # fmt: skip
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),
