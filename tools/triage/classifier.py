@@ -76,36 +76,55 @@ def _fit(features: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Model:
-    classes: tuple[str, ...]
-    weights: np.ndarray
+    """Two softmax regressions on the same features: emergency or not (classes balanced, so its
+    probability is not swamped by the number of categories), and which category among emergencies."""
+
+    categories: tuple[str, ...]
+    emergency_weights: np.ndarray  # (d + 1, 2): column 1 is "emergency"
+    category_weights: np.ndarray  # (d + 1, len(categories))
     vectorizer: embeddings.NgramVectorizer | None  # Chinese; None for English (sentence embeddings)
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
-        if self.vectorizer is not None:
-            return self.vectorizer.transform(list(texts))
-        return embeddings.embed(list(texts))
+        x = (
+            self.vectorizer.transform(list(texts))
+            if self.vectorizer is not None
+            else embeddings.embed(list(texts))
+        )
+        return np.hstack([x, np.ones((len(texts), 1), dtype=np.float32)])
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+    def predict(self, texts: Sequence[str]) -> list[tuple[float, str]]:
         x = self.features(texts)
-        x = np.hstack([x, np.ones((len(texts), 1), dtype=np.float32)])
-        logits = x @ self.weights
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        emergency = _softmax(x @ self.emergency_weights)[:, 1]
+        category = _softmax(x @ self.category_weights).argmax(axis=1)
+        return [(float(p), self.categories[int(c)]) for p, c in zip(emergency, category, strict=True)]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 @cache
 def model(lang: str) -> Model | None:
     with _lock:
         rows = [e for e in training_set() if e.lang == lang]
-        if len({e.label for e in rows}) < 2:
+        emergencies = [e for e in rows if e.label != _NOT]
+        if not emergencies or len(emergencies) == len(rows):
             return None
-        classes = tuple(sorted({e.label for e in rows}))
         texts = [normalise(e.text) for e in rows]
         vectorizer = embeddings.NgramVectorizer(texts) if lang == "zh" else None
         features = vectorizer.transform(texts) if vectorizer is not None else embeddings.embed(texts)
-        labels = np.array([classes.index(e.label) for e in rows])
-        return Model(classes, _fit(features, labels, len(classes)), vectorizer)
+        is_emergency = np.array([int(e.label != _NOT) for e in rows])
+        categories = tuple(sorted({e.label for e in emergencies}))
+        picked = np.flatnonzero(is_emergency)
+        category_labels = np.array([categories.index(rows[i].label) for i in picked])
+        return Model(
+            categories,
+            _fit(features, is_emergency, 2),
+            _fit(features[picked], category_labels, len(categories)),
+            vectorizer,
+        )
 
 
 def _lang(text: str) -> str:
@@ -124,20 +143,15 @@ def prefetch(texts: Sequence[str]) -> None:
         return
 
 
-def opinion(text: str) -> tuple[float, str | None] | None:
+def opinion(text: str) -> tuple[float, str] | None:
     """(probability of an emergency, most likely emergency category), or None when it cannot run."""
-    lang = _lang(text)
     try:
-        fitted = model(lang)
+        fitted = model(_lang(text))
         if fitted is None:
             return None
-        probs = fitted.probabilities([normalise(text)])[0]
+        return fitted.predict([normalise(text)])[0]
     except embeddings.EmbeddingModelMissing:
         return None
-    not_index = fitted.classes.index(_NOT) if _NOT in fitted.classes else None
-    emergency = 1.0 - (float(probs[not_index]) if not_index is not None else 0.0)
-    ranked = [c for _, c in sorted(zip(probs, fitted.classes, strict=True), reverse=True) if c != _NOT]
-    return emergency, (ranked[0] if ranked else None)
 
 
 def review(text: str, result):

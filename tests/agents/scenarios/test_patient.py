@@ -70,6 +70,24 @@ def test_a_red_flag_escalates_notifies_and_flags(api) -> None:
     assert calm["escalated"] is False and calm["route"] in ("consult", "history")
 
 
+def test_an_urgent_message_gets_same_day_advice_and_tells_the_care_team_at_a_lower_priority(api) -> None:
+    client, people, _ = api
+    consultation = new_consultation(client, people.pam)
+    text = "My left calf has been swollen, warm and painful since yesterday, after a long-haul flight."
+    body = say(client, people.pam, consultation, text).json()
+    assert (body["route"], body["escalated"], body["triage"]["level"]) == ("consult", False, "urgent")
+    assert body["triage"]["red_flag"] is False and body["triage"]["sources"]
+    assert "seen by a clinician today" in body["answer"]
+    assert body["provenance"]["adapter_version"] == "tiny-seed0-v1"  # the model still answered
+    assert body["provenance"]["triage"]["level"] == "urgent"
+    assert body["provenance"]["triage"]["condition"] == body["triage"]["condition"]
+    notes = client.get("/v1/notifications", headers=auth(people.dr_doe)).json()
+    assert [(n["kind"], n["consultation_id"]) for n in notes] == [("same_day", consultation)]
+    assert client.get(f"/v1/consultations/{consultation}", headers=auth(people.pam)).json()["flag"] is None
+    stored = client.get(f"/v1/consultations/{consultation}", headers=auth(people.pam)).json()
+    assert stored["messages"][1]["provenance"]["triage"]["level"] == "urgent"
+
+
 def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
     client, people, _ = api
     consultation = new_consultation(client, people.pam)
