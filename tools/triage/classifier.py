@@ -1,35 +1,42 @@
-"""The learned second opinion: a multinomial logistic regression over {not an emergency, each emergency
-category}, on all-MiniLM-L6-v2 sentence embeddings for English and TF-IDF character n-grams for Chinese
-(the English model cannot read Chinese).
+"""The learned second opinion: two logistic regressions (scikit-learn) — emergency or not, and which
+emergency category — on all-MiniLM-L6-v2 sentence embeddings for English and TF-IDF character n-grams
+for Chinese (the English model cannot read Chinese).
 
-It is trained at first use (deterministic full-batch gradient descent, L2, about a second on 2 cores) on
-a labelled set written *from the knowledge base*: ``kb/training/*.jsonl`` plus every condition's own test
-cases — never on an evaluation set. Its probability of an emergency is reported on every result
-(``second_opinion``); it **raises** a message to emergency only when the rules left it below and the
-probability reaches :data:`RAISE_AT` (picked on the dev set by ``python -m bench.triage --sweep``, to add
-at most a few points of false alarms). It never lowers what the rules decided.
+Trained on a labelled set written *from the knowledge base* (``kb/training/*.jsonl``), never on an
+evaluation set: ``python -m tools.triage.classifier train`` fits both languages (deterministic L-BFGS;
+about a minute on 2 cores, mostly embedding) and stores plain arrays in ``second_opinion.npz`` with the
+training set's sha256, which a test compares, so the weights never drift from the data silently.
+
+Its probability of an emergency is reported on every result (``second_opinion``); it **raises** a
+message to emergency only when the rules left it below and the probability reaches :data:`RAISE_AT`
+(picked on the dev set with ``python -m bench.triage --sweep``). It never lowers what the rules decided.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import threading
+import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 
 from tools import embeddings
-from tools.triage.knowledge import KB_DIR, knowledge_base
+from tools.triage.knowledge import KB_DIR
 from tools.triage.text import is_chinese, normalise
 
 RAISE_AT = {"en": 0.97, "zh": 0.97}
 _NOT = "not_emergency"
-_L2 = 1e-3
-_STEPS = 400
-_LR = 2.0
-_lock = threading.Lock()
+_C = 1.0  # inverse L2 strength (scikit-learn's default)
+WEIGHTS = Path(__file__).with_name("second_opinion.npz")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,20 @@ class Example:
     label: str  # _NOT or an emergency category
 
 
+def training_files() -> list[Path]:
+    return sorted((KB_DIR / "training").glob("*.jsonl"))
+
+
+def training_sha256() -> str:
+    digest = hashlib.sha256()
+    for path in training_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def training_set() -> list[Example]:
     examples: list[Example] = []
-    for path in sorted((KB_DIR / "training").glob("*.jsonl")):
+    for path in training_files():
         for line in path.read_text("utf-8").splitlines():
             if not line.strip():
                 continue
@@ -49,82 +67,125 @@ def training_set() -> list[Example]:
             emergency = row["level"] == "emergency"
             lang = row.get("lang") or ("zh" if is_chinese(row["text"]) else "en")
             examples.append(Example(row["text"], lang, row["category"] if emergency else _NOT))
-    for compiled in knowledge_base().conditions:
-        for case in compiled.condition.tests:
-            label = compiled.condition.category if case.level == "emergency" else _NOT
-            examples.append(Example(case.text, "zh" if is_chinese(case.text) else "en", label))
     return examples
-
-
-def _fit(features: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """Softmax regression by full-batch gradient descent: deterministic, no extra dependency."""
-    n, d = features.shape
-    x = np.hstack([features, np.ones((n, 1), dtype=np.float32)])
-    weights = np.zeros((d + 1, classes), dtype=np.float64)
-    onehot = np.eye(classes)[labels]
-    counts = onehot.sum(axis=0)
-    sample_weight = (1.0 / np.maximum(counts, 1.0))[labels] * n / classes  # balance the classes
-    for _ in range(_STEPS):
-        logits = x @ weights
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        gradient = x.T @ ((probs - onehot) * sample_weight[:, None]) / n + _L2 * weights
-        weights -= _LR * gradient
-    return weights
 
 
 @dataclass(frozen=True)
 class Model:
-    """Two softmax regressions on the same features: emergency or not (classes balanced, so its
-    probability is not swamped by the number of categories), and which category among emergencies."""
+    """Two logistic regressions on the same features: emergency or not (classes balanced, so the
+    probability is not swamped by the number of categories), and which category among emergencies.
+    Stored as plain arrays (no pickles): weights, biases, class names, and for Chinese the n-gram
+    vocabulary with its IDF."""
 
+    emergency_w: np.ndarray  # (d,)
+    emergency_b: float
+    category_w: np.ndarray  # (k, d)
+    category_b: np.ndarray  # (k,)
     categories: tuple[str, ...]
-    emergency_weights: np.ndarray  # (d + 1, 2): column 1 is "emergency"
-    category_weights: np.ndarray  # (d + 1, len(categories))
-    vectorizer: embeddings.NgramVectorizer | None  # Chinese; None for English (sentence embeddings)
+    vocabulary: dict[str, int] | None  # Chinese character n-grams; None for English (sentence embeddings)
+    idf: np.ndarray | None
 
-    def features(self, texts: Sequence[str]) -> np.ndarray:
-        x = (
-            self.vectorizer.transform(list(texts))
-            if self.vectorizer is not None
-            else embeddings.embed(list(texts))
-        )
-        return np.hstack([x, np.ones((len(texts), 1), dtype=np.float32)])
+    @cached_property
+    def _vectorizer(self) -> TfidfVectorizer | None:
+        if self.vocabulary is None or self.idf is None:
+            return None
+        vectorizer = TfidfVectorizer(**_ZH_FEATURES, vocabulary=self.vocabulary)
+        vectorizer.idf_ = self.idf
+        return vectorizer
+
+    def features(self, texts: Sequence[str]) -> Any:
+        if self._vectorizer is not None:
+            return self._vectorizer.transform(list(texts))
+        return embeddings.embed(list(texts))
 
     def predict(self, texts: Sequence[str]) -> list[tuple[float, str]]:
         x = self.features(texts)
-        emergency = _softmax(x @ self.emergency_weights)[:, 1]
-        category = _softmax(x @ self.category_weights).argmax(axis=1)
-        return [(float(p), self.categories[int(c)]) for p, c in zip(emergency, category, strict=True)]
+        probability = 1.0 / (1.0 + np.exp(-(np.asarray(x @ self.emergency_w).ravel() + self.emergency_b)))
+        scores = np.asarray(x @ self.category_w.T) + self.category_b
+        return [
+            (float(p), self.categories[int(i)])
+            for p, i in zip(probability, scores.argmax(axis=1), strict=True)
+        ]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    return probs / probs.sum(axis=1, keepdims=True)
+_ZH_FEATURES: dict[str, Any] = {"analyzer": "char", "ngram_range": (1, 2), "sublinear_tf": True}
+
+
+def fit(lang: str, rows: Sequence[Example]) -> Model:
+    """Train on ``rows`` (deterministic: L-BFGS from zeros)."""
+    texts = [normalise(e.text) for e in rows]
+    vocabulary = idf = None
+    if lang == "zh":
+        # Characters and character pairs: Chinese needs no word segmenter for this.
+        vectorizer = TfidfVectorizer(**_ZH_FEATURES, min_df=2)
+        features = vectorizer.fit_transform(texts)
+        vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
+        idf = vectorizer.idf_.astype(np.float64)
+    else:
+        features = embeddings.embed(texts)
+    labels = np.array([int(e.label != _NOT) for e in rows])
+    emergency = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000).fit(features, labels)
+    picked = np.flatnonzero(labels)
+    category = LogisticRegression(C=_C, max_iter=5000).fit(features[picked], [rows[i].label for i in picked])
+    return Model(
+        emergency_w=emergency.coef_[0].astype(np.float64),
+        emergency_b=float(emergency.intercept_[0]),
+        category_w=category.coef_.astype(np.float64),
+        category_b=category.intercept_.astype(np.float64),
+        categories=tuple(str(c) for c in category.classes_),
+        vocabulary=vocabulary,
+        idf=idf,
+    )
+
+
+def train(path: Path = WEIGHTS) -> dict[str, Any]:
+    """Fit both languages on the training set and store the weights with the set's sha256."""
+    arrays: dict[str, Any] = {"training_sha256": np.array(training_sha256())}
+    counts: dict[str, Any] = {}
+    for lang in ("en", "zh"):
+        rows = [e for e in training_set() if e.lang == lang]
+        fitted = fit(lang, rows)
+        arrays |= {
+            f"{lang}_emergency_w": fitted.emergency_w,
+            f"{lang}_emergency_b": np.array(fitted.emergency_b),
+            f"{lang}_category_w": fitted.category_w,
+            f"{lang}_category_b": fitted.category_b,
+            f"{lang}_categories": np.array(json.dumps(fitted.categories)),
+        }
+        if fitted.vocabulary is not None and fitted.idf is not None:
+            arrays |= {f"{lang}_vocabulary": np.array(json.dumps(fitted.vocabulary, ensure_ascii=False)),
+                       f"{lang}_idf": fitted.idf}  # fmt: skip
+        counts[lang] = {"rows": len(rows), "emergencies": sum(e.label != _NOT for e in rows)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return {"weights": str(path), "training_sha256": training_sha256(), **counts}
+
+
+@cache
+def stored() -> dict[str, np.ndarray] | None:
+    if not WEIGHTS.exists():
+        log.warning("no second-opinion weights at %s: the rules decide alone", WEIGHTS)
+        return None
+    with np.load(WEIGHTS, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 @cache
 def model(lang: str) -> Model | None:
-    with _lock:
-        rows = [e for e in training_set() if e.lang == lang]
-        emergencies = [e for e in rows if e.label != _NOT]
-        if not emergencies or len(emergencies) == len(rows):
-            return None
-        texts = [normalise(e.text) for e in rows]
-        vectorizer = embeddings.NgramVectorizer(texts) if lang == "zh" else None
-        features = vectorizer.transform(texts) if vectorizer is not None else embeddings.embed(texts)
-        is_emergency = np.array([int(e.label != _NOT) for e in rows])
-        categories = tuple(sorted({e.label for e in emergencies}))
-        picked = np.flatnonzero(is_emergency)
-        category_labels = np.array([categories.index(rows[i].label) for i in picked])
-        return Model(
-            categories,
-            _fit(features, is_emergency, 2),
-            _fit(features[picked], category_labels, len(categories)),
-            vectorizer,
-        )
+    arrays = stored()
+    if arrays is None or f"{lang}_emergency_w" not in arrays:
+        return None
+    vocabulary = arrays.get(f"{lang}_vocabulary")
+    return Model(
+        emergency_w=arrays[f"{lang}_emergency_w"],
+        emergency_b=float(arrays[f"{lang}_emergency_b"]),
+        category_w=arrays[f"{lang}_category_w"],
+        category_b=arrays[f"{lang}_category_b"],
+        categories=tuple(json.loads(str(arrays[f"{lang}_categories"]))),
+        vocabulary=json.loads(str(vocabulary)) if vocabulary is not None else None,
+        idf=arrays.get(f"{lang}_idf"),
+    )
 
 
 def _lang(text: str) -> str:
@@ -176,3 +237,9 @@ def review(text: str, result):
             ],
         }
     return result.model_copy(update=update)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["train"]:
+        sys.exit("usage: python -m tools.triage.classifier train")
+    print(json.dumps(train(), indent=1))

@@ -139,7 +139,7 @@ class Line:
 
 
 _COMPARISON = re.compile(
-    r"^(?P<measure>[a-z_]+)(?:\((?P<finding>[a-z0-9_]+)\))?\s*(?P<op><=|>=|<|>|==)\s*"
+    r"^(?P<measure>[a-z_][a-z0-9_]*)(?:\((?P<finding>[a-z0-9_]+)\))?\s*(?P<op><=|>=|<|>|==)\s*"
     r"(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>min|h|d|w)?$"
 )
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -219,7 +219,7 @@ def _en_gap(n: int | str) -> str:
 
 
 def _zh_gap(n: int | str) -> str:
-    return f"[^不没无未别{_ZH_STOP}]{{0,{n}}}"
+    return f"[^不没无未{_ZH_STOP}]{{0,{n}}}"
 
 
 _ZH_STOP = r"，。！？；、,.!?;\n"
@@ -278,7 +278,7 @@ def compile_pattern(pattern: str, lang: str) -> re.Pattern[str]:
         raise KnowledgeError(f"an empty pattern {pattern!r}")
     body = "".join(parts)
     try:
-        return re.compile(rf"(?<![\w'])(?:{body})(?![\w'])" if lang == "en" else body)
+        return re.compile(rf"(?<![\w'])(?:{body})(?!\w)(?!'(?!s\b)\w)" if lang == "en" else body)
     except re.error as exc:
         raise KnowledgeError(f"pattern {pattern!r} ({lang}) does not compile: {exc}") from exc
 

@@ -64,7 +64,7 @@ _EN_UNIT_MIN = {"sec": 1 / 60, "second": 1 / 60, "min": 1, "minute": 1, "hour": 
                 "yr": 525600}  # fmt: skip
 _EN_DURATION = re.compile(
     rf"(?<![\w.])(?P<n>{EN_NUM})(?:\s*(?:or|-|to)\s*{EN_NUM})?\s*\+?\s*(?P<unit>sec(?:ond)?s?|min(?:ute)?s?|h(?:ou)?rs?|h|hours?"
-    r"|days?|nights?|w(?:ee)?ks?|months?|y(?:ea)?rs?)\b(?![\s-]*old|\s+ago|\s+back\b|\s+before)"
+    r"|days?|nights?|w(?:ee)?ks?|months?|y(?:ea)?rs?)\b(?![\s-]*old|\s+ago|\s+back\b|\s+before|\s+pregnant|\s+gestation|\s+along)"
 )
 _EN_FUZZY_DURATION = {
     r"\ball (?:day|night)\b": 600, r"\bovernight\b": 480, r"\bsince (?:yesterday|last night)\b": 1080,
@@ -77,14 +77,17 @@ _ZH_UNIT_MIN = {"秒": 1 / 60, "分": 1, "分钟": 1, "小时": 60, "个小时":
                 "个月": 43800, "月": 43800, "年": 525600}  # fmt: skip
 _ZH_DURATION = re.compile(
     rf"(?P<n>{ZH_NUM})\s*多?\s*(?P<unit>分钟|秒|个小时|小时|个钟头|钟头|天|日|晚|个星期|星期|周|礼拜|个月|年)"
-    r"(?!大|的宝宝|岁|前|之前|以前)"
+    r"(?!大|的?宝宝|的?婴儿|的?孩子|的?娃|岁|前|之前|以前)"
 )
 _ZH_FUZZY_DURATION = {r"一整天|一天一夜": 1440, r"一晚上|一整晚|一夜": 600, r"昨天(?:开始|起|晚上)": 1080,
                       r"今天早上开始|早上开始": 360}  # fmt: skip
 
 
+_ZH_AGE_BEFORE = re.compile(r"(?:出生|宝宝|婴儿|孩子|娃|怀孕|孕|妊娠|才|刚)\s*(?:才|刚|只有|第)?\s*$")
+
+
 def durations(sentence: str) -> list[float]:
-    """Every duration in a sentence, in minutes."""
+    """Every duration in a sentence, in minutes (ages and pregnancy weeks are not durations)."""
     found: list[float] = []
     for match in _EN_DURATION.finditer(sentence):
         amount = number(match["n"])
@@ -93,6 +96,8 @@ def durations(sentence: str) -> list[float]:
         if amount is not None and key is not None:
             found.append(amount * _EN_UNIT_MIN[key])
     for match in _ZH_DURATION.finditer(sentence):
+        if _ZH_AGE_BEFORE.search(sentence[max(0, match.start() - 6) : match.start()]):
+            continue
         amount = number(match["n"])
         if amount is not None:
             found.append(amount * _ZH_UNIT_MIN[match["unit"]])
@@ -150,13 +155,21 @@ _AGE_EN = [
     (re.compile(r"\baged?\s+(?P<n>\d{1,3})\b|\b(?:i'm|i am|he's|she's|he is|she is)\s+(?P<n2>\d{1,3})\b"
                 + _NOT_AN_AGE), 12.0),
     (re.compile(r"(?<![\w.])(?P<n>\d{1,2})\s*(?:m|f|male|female)\b(?!\w)"), 12.0),
+    (re.compile(rf"\b(?:baby|babies|infant|newborn|son|daughter|he|she|he's|she's|it's|who's)\s+(?:is\s+)?"
+                rf"(?:only\s+|just\s+)?(?P<n>{EN_NUM})\s*(?:weeks?|wks?)\b(?!\s*(?:pregnant|ago|along|gestation))"),
+     1 / 4.35),
+    (re.compile(rf"\b(?:baby|babies|infant|newborn|son|daughter|he|she|he's|she's|it's|who's)\s+(?:is\s+)?"
+                rf"(?:only\s+|just\s+)?(?P<n>{EN_NUM})\s*(?:months?|mths?)\b(?!\s*(?:pregnant|ago))"), 1.0),
     (re.compile(rf"\b(?:{_PEOPLE}),?\s+(?:is|was|aged|who\s+is|turned)\s+(?P<n>\d{{1,3}})\b"
                 + _NOT_AN_AGE), 12.0),
 ]  # fmt: skip
+_ZH_ONLY = r"(?:才|刚|只有|刚刚|出生)?"
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),
-    (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:个)?月(?:大|的宝宝|宝宝|的孩子|婴儿|龄)"), 1.0),
-    (re.compile(rf"(?:宝宝|婴儿|孩子|娃)\D{{0,2}}(?P<n>{ZH_NUM})\s*个月"), 1.0),
+    (re.compile(rf"(?P<n>{ZH_NUM})\s*个?半?月(?:大|的?宝宝|的?孩子|的?婴儿|的?娃|龄)"), 1.0),
+    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*个半?月(?!了)"), 1.0),
+    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*(?:周|个星期)(?!了)"), 1 / 4.35),
+    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*天(?!前|了)"), 1 / 30.4),
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周|个星期)(?:大|的宝宝|宝宝)"), 1 / 4.35),
     (re.compile(rf"(?:出生|生下来)\D{{0,2}}(?P<n>{ZH_NUM})\s*天"
                 rf"|(?P<n2>{ZH_NUM})\s*天(?:大|的宝宝|的新生儿)"), 1 / 30.4),
@@ -175,6 +188,8 @@ def _age_months(text: str) -> float | None:
             if re.search(r"(?:when\s+(?:i|he|she)\s+was|at\s+age|since\s+(?:i\s+was|age))\s*$",
                          text[max(0, match.start() - 20) : match.start()]):  # fmt: skip
                 continue
+            if "半月" in match.group(0) and value >= 1:
+                value += 0.5  # 一个半月: one and a half months
             hits.append((match.start(), value * factor))
     if re.search(r"\bnew-?born\b|新生儿", text):
         hits.append((text.find("new") if "new" in text else text.find("新生儿"), 0.5))
@@ -223,6 +238,14 @@ _TEMP_CONTEXT = re.compile(
 )
 
 
+_TEMP_BARE = re.compile(
+    r"(?<![\d./])(?P<v>3[5-9]\.\d|4[0-2]\.\d)(?![\d/])(?!\s*(?:kg|kilo|mmol|mg|%|cm|mm|lb|pounds|weeks?|wks?|kg))"
+)
+_TEMP_AFTER = re.compile(
+    r"(?<![\d./])(?P<v>\d{2,3}(?:\.\d+)?)\s*(?:degrees?\s+)?(?:temp(?:erature)?|fever|on the thermometer)\b"
+)
+
+
 def _to_celsius(value: float, unit: str | None) -> float | None:
     if unit in ("f", "fahrenheit", "℉") or (unit is None and 93 <= value <= 111):
         value = (value - 32) * 5 / 9
@@ -236,10 +259,11 @@ def _temperature(text: str) -> float | None:
         celsius = _to_celsius(float(raw), unit)
         if celsius is not None:
             values.append(celsius)
-    for match in _TEMP_CONTEXT.finditer(text):
-        celsius = _to_celsius(float(match["v"]), None)
-        if celsius is not None:
-            values.append(celsius)
+    for pattern in (_TEMP_CONTEXT, _TEMP_AFTER, _TEMP_BARE):
+        for match in pattern.finditer(text):
+            celsius = _to_celsius(float(match["v"]), None)
+            if celsius is not None:
+                values.append(celsius)
     if not values:
         return None
     return max(values, key=lambda v: abs(v - 37.0))

@@ -111,7 +111,35 @@ def extract(kb: KnowledgeBase, raw: str) -> Extraction:
                 duration_min=max(spans_durations) if spans_durations else None,
             )
         )
-    return Extraction(text, occurrences, numbers.measures(text))
+    measures = numbers.measures(text)
+    occurrences += _from_numbers(kb, text, measures, occurrences)
+    return Extraction(text, occurrences, measures)
+
+
+# A stated temperature of 38 °C or more is a fever, however it is worded ("39.2", "102F", "39度").
+FEVER_FROM_C = 38.0
+
+
+def _from_numbers(
+    kb: KnowledgeBase, text: str, measures: dict[str, float], found: list[Occurrence]
+) -> list[Occurrence]:
+    temperature = measures.get("temp_c")
+    if temperature is None or temperature < FEVER_FROM_C or "fever" not in kb.findings:
+        return []
+    if any(o.finding == "fever" and o.status in ("affirmed", "uncertain") for o in found):
+        return []
+    durations = [o.duration_min for o in found if o.duration_min is not None]
+    return [
+        Occurrence(
+            finding="fever",
+            kind=kb.findings["fever"].finding.kind,
+            start=0,
+            end=0,
+            text=f"temperature {temperature:g} °C",
+            status="affirmed",
+            duration_min=max(durations) if durations else None,
+        )
+    ]
 
 
 # --- scoring -------------------------------------------------------------------------------------------

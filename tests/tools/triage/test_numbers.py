@@ -125,3 +125,28 @@ def test_a_reading_is_not_an_age() -> None:
 @pytest.mark.parametrize("sentence", ["had a short seizure an hour ago", "两天前抽了一下"])
 def test_a_time_ago_is_not_a_duration(sentence: str) -> None:
     assert durations(normalise(sentence)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "months"),
+    [
+        ("宝宝一个半月，体温38.2", 1.5),
+        ("宝宝才六周，发烧了", 1.38),
+        ("两个月的婴儿发高烧", 2.0),
+        ("baby is 11 weeks", 2.53),
+    ],
+)
+def test_more_ways_to_give_a_baby_age(text: str, months: float) -> None:
+    assert measures(normalise(text))["age_months"] == pytest.approx(months, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("text", "celsius"),
+    [("newborn feels hot, 38.1 on the thermometer", 38.1), ("2 month old with 100.8 temp", 38.2)],
+)
+def test_temperatures_without_a_word_before_them(text: str, celsius: float) -> None:
+    assert measures(normalise(text))["temp_c"] == celsius
+
+
+def test_a_weight_is_not_a_temperature() -> None:
+    assert "temp_c" not in measures(normalise("she weighs 38.5 kg"))

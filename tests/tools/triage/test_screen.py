@@ -76,3 +76,8 @@ def test_deterministic(small_kb: KnowledgeBase) -> None:
         assert [
             (m.condition.condition.id, m.level) for m in score(small_kb, extract(small_kb, text))
         ] == first
+
+
+def test_a_stated_temperature_of_38_or_more_is_a_fever(small_kb: KnowledgeBase) -> None:
+    assert "fever" in {o.finding for o in extract(small_kb, "she is 39.2 this morning").occurrences}
+    assert "fever" not in {o.finding for o in extract(small_kb, "she is 37.2 this morning, fine").occurrences}
