@@ -164,12 +164,13 @@ _AGE_EN = [
                 + _NOT_AN_AGE), 12.0),
 ]  # fmt: skip
 _ZH_ONLY = r"(?:才|刚|只有|刚刚|出生)?"
+_ZH_CHILD = r"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿)"
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),
     (re.compile(rf"(?P<n>{ZH_NUM})\s*个?半?月(?:大|的?宝宝|的?孩子|的?婴儿|的?娃|龄)"), 1.0),
-    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*个半?月(?!了)"), 1.0),
-    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*(?:周|个星期)(?!了)"), 1 / 4.35),
-    (re.compile(rf"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿){_ZH_ONLY}(?P<n>{ZH_NUM})\s*天(?!前|了)"), 1 / 30.4),
+    (re.compile(rf"{_ZH_CHILD}{_ZH_ONLY}(?P<n>{ZH_NUM})\s*个半?月(?!了)"), 1.0),
+    (re.compile(rf"{_ZH_CHILD}{_ZH_ONLY}(?P<n>{ZH_NUM})\s*(?:周|个星期)(?!了)"), 1 / 4.35),
+    (re.compile(rf"{_ZH_CHILD}{_ZH_ONLY}(?P<n>{ZH_NUM})\s*天(?!前|了)"), 1 / 30.4),
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周|个星期)(?:大|的宝宝|宝宝)"), 1 / 4.35),
     (re.compile(rf"(?:出生|生下来)\D{{0,2}}(?P<n>{ZH_NUM})\s*天"
                 rf"|(?P<n2>{ZH_NUM})\s*天(?:大|的宝宝|的新生儿)"), 1 / 30.4),
