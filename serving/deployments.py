@@ -108,7 +108,8 @@ class SpecialistsDeployment:
         from tools.specialists import InProcessSpecialists
 
         self.specialists = InProcessSpecialists()
-        self.specialists.screen("warm up")  # load the model before the first real message
+        # Load the embedding model, the knowledge base and both context passes before a real message.
+        self.specialists.screen("warm up: no chest pain; 没有胸痛")
 
     def screen(self, text: str):
         return self.specialists.screen(text)
