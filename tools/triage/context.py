@@ -182,6 +182,7 @@ def chinese_status(text: str, spans: list[Span]) -> list[Status]:
         sentence = text[sentence_start:sentence_end]
         clause_start = _clause_start(text, span.start, sentence_start)
         before = text[max(clause_start, span.start - window) : span.start]
+        before = _zh_cue_rx("pseudo_negated").sub("", before)
         flags: set[str] = set()
         if _zh_cue_rx("negated").search(before):
             flags.add("negated")
@@ -193,7 +194,10 @@ def chinese_status(text: str, spans: list[Span]) -> list[Status]:
             clause_text
         ):
             flags.add("historical")
-        if _zh_cue_rx("hypothetical").search(sentence) and not _zh_cue_rx("hypothetical_cancelled_by").search(
+        # A question about the finding comes before it or in its own clause: "如果孩子抽搐怎么办",
+        # "中风有哪些症状" — but not "右下腹疼，会不会是阑尾炎？" (asking what a real pain means).
+        asked = text[sentence_start : span.start] + clause_text
+        if _zh_cue_rx("hypothetical").search(asked) and not _zh_cue_rx("hypothetical_cancelled_by").search(
             clause_text
         ):
             flags.add("hypothetical")

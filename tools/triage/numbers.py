@@ -279,7 +279,8 @@ _SPO2 = re.compile(
     r"\D{0,14}?(?<![\d.])(?P<v>\d{2,3})(?:\s*%)?(?![\d.]|\s*/)"
 )
 _GLUCOSE = re.compile(
-    r"(?:sugars?|glucose|bgl?|bm|blood\s+sugar|reading|血糖)\D{0,14}?(?<![\d.])(?P<v>\d{1,3}(?:\.\d+)?)\s*(?P<u>mmol|mg)?"
+    r"(?:sugars?|glucose|bgl?|bm|blood\s+sugar|reading)\D{0,22}?(?<![\d.])(?P<v>\d{1,3}(?:\.\d+)?)\s*(?P<u>mmol|mg)?"
+    r"|血糖\D{0,4}?(?P<zv>\d{1,3}(?:\.\d+)?|[一二两三四五六七八九十]+)\s*多?\s*(?P<zu>mmol|mg)?"
 )
 _BP = re.compile(r"(?<![\d.])(?P<s>\d{2,3})\s*/\s*(?P<d>\d{2,3})(?![\d.])")
 _HR = re.compile(
@@ -310,8 +311,12 @@ def measures(text: str) -> dict[str, float]:
         found["spo2"] = min(spo2)
     glucose = []
     for match in _GLUCOSE.finditer(text):
-        value = float(match["v"])
-        if match["u"] == "mg" or (match["u"] is None and value > 35):
+        raw = match["v"] or match["zv"]
+        parsed = number(raw) if raw else None
+        if parsed is None:
+            continue
+        value, unit = parsed, match["u"] or match["zu"]
+        if unit == "mg" or (unit is None and value > 35):
             value /= 18.0
         if 0.5 <= value <= 60:
             glucose.append(value)

@@ -30,7 +30,7 @@ class Lexicon:
     def __init__(self, english_patterns: list[str]) -> None:
         words: set[str] = set()
         for pattern in english_patterns:
-            words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?])", pattern))
+            words.update(re.findall(r"(?<![\\\w])[a-z]{5,}(?![\w(?\\\[{*+])", pattern))
         self.words = tuple(sorted(words))
         self.known = frozenset(self.words)
         # Stems the patterns extend ("droop\w*", "faint(ed|ing)?", "stents?"): a word that starts with

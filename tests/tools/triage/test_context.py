@@ -70,3 +70,17 @@ def test_chinese_context(text: str, phrase: str, status: str) -> None:
 )
 def test_long_standing_and_past_cues_keep_to_their_part(text: str, phrase: str, status: str) -> None:
     assert _status(text, phrase) == status
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase", "status"),
+    [
+        ("不停地吐血", "吐血", "affirmed"),
+        ("不小心多吃了一把药", "多吃了一把药", "affirmed"),
+        ("右下腹疼，会不会是阑尾炎？", "右下腹疼", "affirmed"),
+        ("如果孩子发烧，抽搐了怎么办", "抽搐", "hypothetical"),
+        ("years ago i took an overdose", "overdose", "historical"),
+    ],
+)
+def test_words_that_only_look_like_negation_or_questions(text: str, phrase: str, status: str) -> None:
+    assert _status(text, phrase) == status

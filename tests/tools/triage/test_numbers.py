@@ -150,3 +150,10 @@ def test_temperatures_without_a_word_before_them(text: str, celsius: float) -> N
 
 def test_a_weight_is_not_a_temperature() -> None:
     assert "temp_c" not in measures(normalise("she weighs 38.5 kg"))
+
+
+@pytest.mark.parametrize(
+    ("text", "mmol"), [("his sugars have been over 25 all day", 25.0), ("血糖二十多", 20.0)]
+)
+def test_blood_sugar_said_loosely(text: str, mmol: float) -> None:
+    assert measures(normalise(text))["glucose_mmol"] == mmol
