@@ -1,0 +1,49 @@
+"""The learned second opinion: trained on the KB-written set it says it was, raises only when confident,
+never lowers the rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tools.triage import TriageResult, classifier
+
+
+def test_the_stored_weights_were_trained_on_the_current_training_set() -> None:
+    with np.load(classifier.WEIGHTS, allow_pickle=False) as stored:
+        recorded = str(stored["training_sha256"])
+    assert recorded == classifier.training_sha256(), "retrain: python -m tools.triage.classifier train"
+
+
+def test_the_training_set_is_written_from_the_knowledge_base_not_from_an_evaluation_set() -> None:
+    frozen = (classifier.KB_DIR.parents[2] / "bench" / "data" / "triage-frozen-v1.jsonl").read_text("utf-8")
+    dev = (classifier.KB_DIR.parents[2] / "bench" / "data" / "triage-dev.jsonl").read_text("utf-8")
+    evaluation = {json.loads(line)["text"].strip().lower() for line in (frozen + dev).splitlines() if line}
+    training = {example.text.strip().lower() for example in classifier.training_set()}
+    assert len(training) > 1000
+    assert not training & evaluation
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm going to kill myself tonight, I have the pills here",
+        "hello, can I book a flu jab?",
+        "我胸口压着痛",
+    ],
+)
+def test_it_raises_only_when_confident_and_never_lowers(text: str) -> None:
+    found = classifier.opinion(text)
+    assert found is not None
+    probability, category = found
+    threshold = classifier.RAISE_AT["zh" if "胸" in text else "en"]
+    reviewed = classifier.review(text, TriageResult(red_flag=False, level="routine"))
+    assert reviewed.second_opinion == pytest.approx(probability, abs=1e-4)
+    assert reviewed.red_flag == (probability >= threshold)
+    if reviewed.red_flag:
+        assert reviewed.decided_by == "classifier" and reviewed.category == category
+    emergency = TriageResult(red_flag=True, level="emergency", category="cardiac")
+    kept = classifier.review(text, emergency)
+    assert (kept.level, kept.category, kept.decided_by) == ("emergency", "cardiac", "rules")
