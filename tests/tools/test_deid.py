@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import platform
 import re
 import shutil
@@ -254,8 +255,9 @@ def test_basic_profile_over_the_pydicom_corpus() -> None:
         "pixels_blanked_in_bands_only": stats["pixels_blanked"],
         "pixels_undecodable_skipped": stats["pixels_undecodable"],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    if os.environ.get("HEALTHAGENT_RECORD_BENCH") == "1":  # a test run never rewrites recorded figures
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     assert not problems, "\n".join(problems[:40])
     assert stats["files_checked"] >= 150 and stats["attributes_checked"] >= 1000
