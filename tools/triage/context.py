@@ -119,6 +119,11 @@ def _segment(text: str, start: int, end: int, position: int, lang: str) -> str:
     return text[start:end]
 
 
+@cache
+def _past_time() -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in cues()["en"]["historical_patterns"]))
+
+
 def _decide(flags: set[str]) -> Status:
     for status in _PRECEDENCE:
         if status in flags:
@@ -149,8 +154,11 @@ def english_status(text: str, spans: list[Span]) -> list[Status]:
             spacy_span = by_offsets.get((found.start_char, found.end_char), found)
             flags = {m for m in _MODIFIERS if spacy_span._.get(f"ctx_{m}")}
         a, b = next(((a, b) for a, b in bounds if a <= span.start < b), (0, len(text)))
-        if _chronic(_segment(text, a, b, span.start, "en"), "en"):
+        segment = _segment(text, a, b, span.start, "en")
+        if _chronic(segment, "en"):
             flags.add("chronic")
+        if _past_time().search(segment):
+            flags.add("historical")
         statuses.append(_decide(flags))
     return statuses
 

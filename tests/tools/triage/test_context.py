@@ -84,3 +84,15 @@ def test_long_standing_and_past_cues_keep_to_their_part(text: str, phrase: str, 
 )
 def test_words_that_only_look_like_negation_or_questions(text: str, phrase: str, status: str) -> None:
     assert _status(text, phrase) == status
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase", "status"),
+    [
+        ("he had seizures in 2015 and none since", "seizures", "historical"),
+        ("she had a febrile convulsion as a toddler", "febrile convulsion", "historical"),
+        ("he had a seizure when he was a kid, but now he is fitting again", "fitting", "affirmed"),
+    ],
+)
+def test_past_times_said_with_a_year_or_an_age(text: str, phrase: str, status: str) -> None:
+    assert _status(text, phrase) == status
