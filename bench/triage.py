@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FROZEN = ROOT / "bench" / "data" / "triage-frozen-v1.jsonl"
 FROZEN_SHA = FROZEN.with_suffix(".jsonl.sha256")
 DEV = ROOT / "bench" / "data" / "triage-dev.jsonl"
+# A second dev set of realistic multi-sentence messages with levels, written after the first sight (tuned on).
+DEV2 = ROOT / "bench" / "data" / "triage-dev2.jsonl"
 RESULTS = ROOT / "bench" / "results" / "triage-eval.json"
 
 
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     rules, rules_time = timed(triage.triage_rules, texts)
     combined, combined_time = timed(triage.triage, texts)
     dev_results = [triage.triage(row["text"]) for row in dev]
+    dev2 = [json.loads(line) for line in DEV2.read_text("utf-8").splitlines() if line.strip()]
+    dev2_results = [triage.triage(row["text"]) for row in dev2]
 
     emergency_conditions = sum(1 for c in kb.conditions if c.lines["emergency"])
     report = {
@@ -247,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
         "dev": dev_figures(dev, dev_results),
+        "dev2": breakdown(dev2, dev2_results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -270,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     print("classifier added:", report["classifier_added"])
     print("latency:", report["latency_per_message"])
     print("dev:", json.dumps(report["dev"]))
+    print("  " + line("dev2 (levels)", report["dev2"]["all"]))
     if args.dev_misses:
         for row, r in zip(dev, dev_results, strict=True):
             if row["emergency"] and not r.red_flag:
