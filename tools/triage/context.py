@@ -163,7 +163,7 @@ def english_status(text: str, spans: list[Span]) -> list[Status]:
     return statuses
 
 
-_ZH_CLAUSE = re.compile(r"[，,、：:]|但是|但|可是|然而|不过")
+_ZH_CLAUSE = re.compile(r"[，,：:]|但是|但|可是|然而|不过")  # 、 lists, it does not end a clause
 
 
 def _clause_start(text: str, position: int, sentence_start: int) -> int:
@@ -176,6 +176,18 @@ def _clause_start(text: str, position: int, sentence_start: int) -> int:
 @cache
 def _zh_cue_rx(name: str) -> re.Pattern[str]:
     return re.compile("|".join(sorted(cues()["zh"][name], key=len, reverse=True)))
+
+
+# "以前没有过" / "从来没有过" says the symptom is new, not that it happened before.
+_ZH_NEVER_BEFORE = re.compile(r"(?:以前|之前|过去)?(?:从来)?没有?(?:过|这样过|出现过|发生过)|从来没|从没")
+# A negation carries along a list: "没有胸痛和气短" negates both.
+_ZH_LIST = re.compile(r"^[^，。！？；,.!?;]{0,10}?(?:和|或|或者|及|以及|、|跟|与)[^，。！？；,.!?;]{0,6}$")
+
+
+def _zh_negated_list(text: str, clause_start: int, position: int) -> bool:
+    before = _zh_cue_rx("pseudo_negated").sub("", text[clause_start:position])
+    cues = list(_zh_cue_rx("negated").finditer(before))
+    return bool(cues) and bool(_ZH_LIST.match(before[cues[-1].end() :]))
 
 
 def chinese_status(text: str, spans: list[Span]) -> list[Status]:
@@ -192,15 +204,15 @@ def chinese_status(text: str, spans: list[Span]) -> list[Status]:
         before = text[max(clause_start, span.start - window) : span.start]
         before = _zh_cue_rx("pseudo_negated").sub("", before)
         flags: set[str] = set()
-        if _zh_cue_rx("negated").search(before):
+        if _zh_cue_rx("negated").search(before) or _zh_negated_list(text, clause_start, span.start):
             flags.add("negated")
         clause_end = next(
             (m.start() for m in _ZH_CLAUSE.finditer(text, span.end, sentence_end)), sentence_end
         )
         clause_text = text[clause_start:clause_end]
-        if _zh_cue_rx("historical").search(sentence) and not _zh_cue_rx("historical_cancelled_by").search(
-            clause_text
-        ):
+        if _zh_cue_rx("historical").search(_ZH_NEVER_BEFORE.sub("", sentence)) and not _zh_cue_rx(
+            "historical_cancelled_by"
+        ).search(clause_text):
             flags.add("historical")
         # A question about the finding comes before it or in its own clause: "如果孩子抽搐怎么办",
         # "中风有哪些症状" — but not "右下腹疼，会不会是阑尾炎？" (asking what a real pain means).

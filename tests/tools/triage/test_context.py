@@ -96,3 +96,15 @@ def test_words_that_only_look_like_negation_or_questions(text: str, phrase: str,
 )
 def test_past_times_said_with_a_year_or_an_age(text: str, phrase: str, status: str) -> None:
     assert _status(text, phrase) == status
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase", "status"),
+    [
+        ("没有胸痛和气短", "气短", "negated"),
+        ("没有发烧、咳嗽", "咳嗽", "negated"),
+        ("心脏时不时乱跳，以前没有过", "乱跳", "affirmed"),
+    ],
+)
+def test_chinese_negated_lists_and_never_before(text: str, phrase: str, status: str) -> None:
+    assert _status(text, phrase) == status
