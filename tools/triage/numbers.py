@@ -280,7 +280,7 @@ _SPO2 = re.compile(
 )
 _GLUCOSE = re.compile(
     r"(?:sugars?|glucose|bgl?|bm|blood\s+sugar|reading)\D{0,22}?(?<![\d.])(?P<v>\d{1,3}(?:\.\d+)?)\s*(?P<u>mmol|mg)?"
-    r"|血糖\D{0,4}?(?P<zv>\d{1,3}(?:\.\d+)?|[一二两三四五六七八九十]+)\s*多?\s*(?P<zu>mmol|mg)?"
+    r"|血糖[^\d，。,；;]{0,8}?(?P<zv>\d{1,3}(?:\.\d+)?|[一二两三四五六七八九十]+)\s*多?\s*(?P<zu>mmol|mg)?"
 )
 _BP = re.compile(r"(?<![\d.])(?P<s>\d{2,3})\s*/\s*(?P<d>\d{2,3})(?![\d.])")
 _HR = re.compile(
@@ -288,7 +288,8 @@ _HR = re.compile(
     r"\D{0,12}?(?<![\d.])(?P<v>\d{2,3})(?![\d.%])|(?<![\d.])(?P<v2>\d{2,3})\s*(?:bpm|beats)"
 )
 _RR = re.compile(
-    r"(?:breathing\s+rate|resp\w*\s+rate|rr|呼吸)\D{0,10}?(?<![\d.])(?P<v>\d{1,3})(?:\s*次)?(?![\d.])"
+    r"(?:breathing\s+rate|resp\w*\s+rate|rr)[^\d,;.]{0,10}?(?<![\d.])(?P<v>\d{1,3})(?![\d.])"
+    r"|呼吸(?:频率)?[^\d，。,；;]{0,4}?(?P<v3>\d{1,3})\s*(?:次|/分)"
     r"|(?<![\d.])(?P<v2>\d{1,3})\s*breaths"
 )
 
@@ -316,7 +317,8 @@ def measures(text: str) -> dict[str, float]:
         if parsed is None:
             continue
         value, unit = parsed, match["u"] or match["zu"]
-        if unit == "mg" or (unit is None and value > 35):
+        # Meters in China read mmol/L (up to "HI" at 33.3 or more); elsewhere a bare value over 35 is mg/dL.
+        if unit == "mg" or (unit is None and value > (60 if match["zv"] else 35)):
             value /= 18.0
         if 0.5 <= value <= 60:
             glucose.append(value)
@@ -335,7 +337,7 @@ def measures(text: str) -> dict[str, float]:
     extreme = _extreme(rates, 80.0)
     if extreme is not None:
         found["heart_rate"] = extreme
-    breaths = [float(m["v"] or m["v2"]) for m in _RR.finditer(text) if 4 <= float(m["v"] or m["v2"]) <= 120]
+    breaths = [float(v) for m in _RR.finditer(text) if 4 <= float(v := m["v"] or m["v2"] or m["v3"]) <= 120]
     extreme = _extreme(breaths, 16.0)
     if extreme is not None:
         found["resp_rate"] = extreme
