@@ -75,7 +75,8 @@ def _english_pipeline() -> Any:
     return nlp
 
 
-def _sentence_bounds(text: str) -> list[tuple[int, int]]:
+def sentence_bounds(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence; a decimal point ("38.5") ends none."""
     bounds, start = [], 0
     for match in re.finditer(r"[.!?;\n。！？；]+", text):
         if match.start() > 0 and text[match.start() - 1].isdigit() and match.group(0) == ".":
@@ -85,6 +86,10 @@ def _sentence_bounds(text: str) -> list[tuple[int, int]]:
     if start < len(text):
         bounds.append((start, len(text)))
     return bounds
+
+
+def sentence_of(bounds: list[tuple[int, int]], position: int, length: int) -> tuple[int, int]:
+    return next(((a, b) for a, b in bounds if a <= position < b), (0, length))
 
 
 @cache
@@ -131,7 +136,7 @@ def _decide(flags: set[str]) -> Status:
     return "affirmed"
 
 
-def english_status(text: str, spans: list[Span]) -> list[Status]:
+def english_status(text: str, spans: list[Span], bounds: list[tuple[int, int]] | None = None) -> list[Status]:
     """The status of each span of ``text`` (normalised English), in order."""
     if not spans:
         return []
@@ -146,14 +151,14 @@ def english_status(text: str, spans: list[Span]) -> list[Status]:
     for modifier in _MODIFIERS:
         doc = nlp.get_pipe(f"ctx_{modifier}")(doc)
     by_offsets = {(s.start_char, s.end_char): s for s in doc.spans["findings"]}
-    bounds = _sentence_bounds(text)
+    bounds = bounds if bounds is not None else sentence_bounds(text)
     statuses: list[Status] = []
     for span, found in zip(spans, char_spans, strict=True):
         flags: set[str] = set()
         if found is not None:
             spacy_span = by_offsets.get((found.start_char, found.end_char), found)
             flags = {m for m in _MODIFIERS if spacy_span._.get(f"ctx_{m}")}
-        a, b = next(((a, b) for a, b in bounds if a <= span.start < b), (0, len(text)))
+        a, b = sentence_of(bounds, span.start, len(text))
         segment = _segment(text, a, b, span.start, "en")
         if _chronic(segment, "en"):
             flags.add("chronic")
@@ -190,15 +195,13 @@ def _zh_negated_list(text: str, clause_start: int, position: int) -> bool:
     return bool(cues) and bool(_ZH_LIST.match(before[cues[-1].end() :]))
 
 
-def chinese_status(text: str, spans: list[Span]) -> list[Status]:
+def chinese_status(text: str, spans: list[Span], bounds: list[tuple[int, int]] | None = None) -> list[Status]:
     zh = cues()["zh"]
     window = int(zh["negation_window"])
-    bounds = _sentence_bounds(text)
+    bounds = bounds if bounds is not None else sentence_bounds(text)
     statuses: list[Status] = []
     for span in spans:
-        sentence_start, sentence_end = next(
-            ((a, b) for a, b in bounds if a <= span.start < b), (0, len(text))
-        )
+        sentence_start, sentence_end = sentence_of(bounds, span.start, len(text))
         sentence = text[sentence_start:sentence_end]
         clause_start = _clause_start(text, span.start, sentence_start)
         before = text[max(clause_start, span.start - window) : span.start]

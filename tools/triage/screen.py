@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from tools.triage import numbers
-from tools.triage.context import Span, Status, chinese_status, english_status
+from tools.triage.context import Span, Status, chinese_status, english_status, sentence_bounds, sentence_of
 from tools.triage.knowledge import LEVELS, AnyOf, Comparison, CompiledCondition, KnowledgeBase, Level, Line
 from tools.triage.text import normalise
 
@@ -19,7 +19,6 @@ _COUNTS: dict[str, frozenset[str]] = {
     "explain": frozenset({"affirmed", "uncertain", "historical", "chronic"}),
 }
 _LOW_LEVELS = frozenset({"routine", "self_care"})
-_SENTENCE_END = re.compile(r"[.!?;\n。！？；]+")
 _LATIN = re.compile(r"[a-z]")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -56,16 +55,6 @@ class Extraction:
         return found
 
 
-def _sentence_of(text: str, position: int) -> tuple[int, int]:
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        if match.end() <= position:
-            start = match.end()
-        elif match.start() >= position:
-            return start, match.start()
-    return start, len(text)
-
-
 def extract(kb: KnowledgeBase, raw: str) -> Extraction:
     text = normalise(raw, kb.lexicon)
     spans: list[tuple[str, str, int, int, str]] = []  # finding, kind, start, end, lang
@@ -87,18 +76,22 @@ def extract(kb: KnowledgeBase, raw: str) -> Extraction:
                         continue
                     taken.append((match.start(), match.end()))
                     spans.append((finding_id, kind, match.start(), match.end(), lang))
+    bounds = sentence_bounds(text)
     en_spans = [s for s in spans if s[4] == "en"]
     zh_spans = [s for s in spans if s[4] == "zh"]
     statuses: dict[tuple[str, int, int, str], Status] = {}
     for group, assess in ((en_spans, english_status), (zh_spans, chinese_status)):
-        found = assess(text, [Span(s[2], s[3]) for s in group])
+        found = assess(text, [Span(s[2], s[3]) for s in group], bounds)
         for span, status in zip(group, found, strict=True):
             statuses[(span[0], span[2], span[3], span[4])] = status
     occurrences = []
+    durations: dict[tuple[int, int], list[float]] = {}  # by sentence: several findings share one
     for finding_id, kind, start, end, lang in sorted(spans, key=lambda s: (s[2], s[0])):
-        a, b = _sentence_of(text, start)
+        a, b = sentence_of(bounds, start, len(text))
         sentence = text[a:b]
-        spans_durations = numbers.durations(sentence)
+        if (a, b) not in durations:
+            durations[(a, b)] = numbers.durations(sentence)
+        spans_durations = durations[(a, b)]
         occurrences.append(
             Occurrence(
                 finding=finding_id,
