@@ -21,8 +21,6 @@ Deterministic: the same text gives the same answer. ``red_flag`` is ``level == "
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.triage.knowledge import KnowledgeError, knowledge_base
@@ -41,7 +39,6 @@ __all__ = [
     "analyse",
     "similarity_units",
     "triage",
-    "triage_many",
     "triage_rules",
 ]
 
@@ -139,13 +136,6 @@ def triage(text: str) -> TriageResult:
 
     result = triage_rules(text)
     return classifier.review(text, result)
-
-
-def triage_many(texts: Sequence[str]) -> list[TriageResult]:
-    from tools.triage import classifier
-
-    classifier.prefetch(texts)
-    return [triage(t) for t in texts]
 
 
 def similarity_units(text: str) -> list[str]:

@@ -317,12 +317,6 @@ class KnowledgeBase:
 
         return Lexicon([p for f in self.findings.values() for p in f.finding.en])
 
-    def condition(self, condition_id: str) -> CompiledCondition:
-        for compiled in self.conditions:
-            if compiled.condition.id == condition_id:
-                return compiled
-        raise KeyError(condition_id)
-
 
 def _read_yaml(path: Path) -> object:
     try:

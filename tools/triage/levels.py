@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tools.triage.knowledge import LEVELS, Level
 
-__all__ = ["ADVICE", "CATEGORIES", "CATEGORIES_ZH", "LEVELS", "Level", "more_urgent"]
+__all__ = ["ADVICE", "CATEGORIES", "CATEGORIES_ZH", "LEVELS", "Level"]
 
 # Categories a condition belongs to: the first block can be emergencies, the second only same-day care.
 CATEGORIES: dict[str, str] = {
@@ -99,7 +99,3 @@ ADVICE: dict[str, dict[str, str]] = {
         "zh": "通常可以在家护理或咨询药剂师。",
     },
 }
-
-
-def more_urgent(a: Level, b: Level) -> Level:
-    return a if LEVELS.index(a) >= LEVELS.index(b) else b
