@@ -15,9 +15,7 @@ from functools import cache
 from itertools import pairwise
 from typing import Any, Literal
 
-import yaml
-
-from tools.triage.knowledge import KB_DIR
+from tools.triage.knowledge import KB_DIR, read_yaml
 
 Status = Literal["affirmed", "uncertain", "negated", "historical", "hypothetical", "family", "chronic"]
 # When several modifiers apply, the one listed first decides (a negated past event is negated).
@@ -35,7 +33,7 @@ class Span:
 
 @cache
 def cues() -> dict[str, Any]:
-    return yaml.safe_load((KB_DIR / "context.yaml").read_text("utf-8"))
+    return read_yaml(KB_DIR / "context.yaml")
 
 
 @cache

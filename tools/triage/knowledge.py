@@ -318,9 +318,13 @@ class KnowledgeBase:
         return Lexicon([p for f in self.findings.values() for p in f.finding.en])
 
 
-def _read_yaml(path: Path) -> object:
+# libyaml's loader where PyYAML was built with it: the knowledge base is about a megabyte of YAML.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text("utf-8"))
+        return yaml.load(path.read_text("utf-8"), Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise KnowledgeError(f"{path.name}: not valid YAML: {exc}") from exc
 
@@ -328,18 +332,19 @@ def _read_yaml(path: Path) -> object:
 def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
     from tools.triage.levels import CATEGORIES
 
+    finding_files = [
+        (path, read_yaml(path) or {}) for path in sorted((directory / "findings").glob("*.yaml"))
+    ]
+    condition_files = [
+        (path, read_yaml(path) or []) for path in sorted((directory / "conditions").glob("*.yaml"))
+    ]
+    _no_duplicate_ids(finding_files, condition_files)
+
     findings: dict[str, CompiledFinding] = {}
-    _no_duplicate_ids(directory)
-    for path in sorted((directory / "findings").glob("*.yaml")):
-        data = _read_yaml(path) or {}
+    for path, data in finding_files:
         if not isinstance(data, dict):
             raise KnowledgeError(f"{path.name}: expected a mapping of finding ids")
         for finding_id, entry in data.items():
-            if finding_id in findings:
-                raise KnowledgeError(
-                    f"{path.name}: finding {finding_id!r} is already defined in "
-                    f"{findings[finding_id].finding.source_file}"
-                )
             if not _ID.match(str(finding_id)):
                 raise KnowledgeError(f"{path.name}: {finding_id!r} is not a valid id")
             try:
@@ -356,9 +361,7 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
             findings[finding_id] = CompiledFinding(finding, en, zh)
 
     conditions: list[CompiledCondition] = []
-    seen: dict[str, str] = {}
-    for path in sorted((directory / "conditions").glob("*.yaml")):
-        data = _read_yaml(path) or []
+    for path, data in condition_files:
         if not isinstance(data, list):
             raise KnowledgeError(f"{path.name}: expected a list of conditions")
         for entry in data:
@@ -367,11 +370,6 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
                 condition = Condition.model_validate({**entry, "source_file": path.name})
             except (ValueError, TypeError) as exc:
                 raise KnowledgeError(f"{where}: {exc}") from exc
-            if condition.id in seen or condition.id in findings:
-                raise KnowledgeError(
-                    f"{where}: the id is already used ({seen.get(condition.id, 'a finding')})"
-                )
-            seen[condition.id] = path.name
             if condition.category not in CATEGORIES:
                 raise KnowledgeError(f"{where}: unknown category {condition.category!r}")
             try:
@@ -389,15 +387,15 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
     return KnowledgeBase(findings, tuple(conditions))
 
 
-def _no_duplicate_ids(directory: Path) -> None:
+def _no_duplicate_ids(
+    finding_files: list[tuple[Path, object]], condition_files: list[tuple[Path, object]]
+) -> None:
     """Every id defined twice, all at once (authors of different files fix theirs in one go)."""
     where: dict[str, list[str]] = {}
-    for path in sorted((directory / "findings").glob("*.yaml")):
-        data = _read_yaml(path) or {}
+    for path, data in finding_files:
         for finding_id in data if isinstance(data, dict) else ():
             where.setdefault(str(finding_id), []).append(f"findings/{path.name}")
-    for path in sorted((directory / "conditions").glob("*.yaml")):
-        data = _read_yaml(path) or []
+    for path, data in condition_files:
         for entry in data if isinstance(data, list) else ():
             if isinstance(entry, dict) and "id" in entry:
                 where.setdefault(str(entry["id"]), []).append(f"conditions/{path.name}")
