@@ -96,6 +96,15 @@ def serve(
     except SchemaOutOfDate as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    # The red-flag screen must load before any message is taken: a broken knowledge base is named here,
+    # not found by the first patient.
+    from tools.triage import KnowledgeError, knowledge_base
+
+    try:
+        knowledge_base()
+    except KnowledgeError as exc:
+        typer.secho(f"triage knowledge base: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     token_given = settings.bootstrap_token is not None
     token = settings.bootstrap_token.get_secret_value() if token_given else new_token()
     with transaction(make_session_factory(engine)) as session:
