@@ -28,7 +28,7 @@ from PIL import Image
 
 from agents import prompts
 from agents.routing import Route, route
-from agents.safety import injection_findings, language_of, quote_for_model, screen_output
+from agents.safety import injection_findings, quote_for_model, screen_output
 from memory.pixels import PixelStore
 from memory.records import Records
 from tools.healthgpt import AskRequest, HealthGPTClient, ImageRequest, ImageTask
@@ -36,6 +36,7 @@ from tools.qc import check_image
 from tools.retrieval import build_index
 from tools.specialists import InProcessSpecialists, SpecialistsClient
 from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
+from tools.triage.text import language_of
 
 
 class Message(TypedDict):

@@ -1,4 +1,4 @@
-"""Deterministic screens around the model: language, prompt injection, red flags.
+"""Deterministic screens around the model: prompt injection, red flags (language: tools.triage.text).
 
 Injection screening never *grants* anything: roles and routes come from authentication and the route
 table alone. It flags text that tries to steer the model or the workflow ("ignore previous
@@ -9,7 +9,6 @@ passed to the model only as quoted patient content, and no state changes because
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from tools.triage import TriageResult, triage_rules
 
@@ -37,15 +36,6 @@ _INJECTION = [
     ("workflow", r"(?:批准|签署|签发|确认)(?:这个|这份|该)?(?:报告|阅片|检查)"),
 ]
 _INJECTION_RX = [(kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in _INJECTION]
-
-
-def language_of(text: str) -> str:
-    """'zh' when a good part of the letters are CJK ideographs, else 'en'."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return "en"
-    cjk = sum(1 for c in letters if unicodedata.name(c, "").startswith("CJK UNIFIED"))
-    return "zh" if cjk / len(letters) >= 0.3 else "en"
 
 
 def injection_findings(text: str) -> list[str]:

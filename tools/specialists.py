@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from tools import embeddings
 from tools.intent import IntentResult, classify_intent
-from tools.triage import TriageResult, similarity_units, triage
+from tools.triage import TriageResult, triage
 
 
 class Screening(BaseModel):
@@ -23,8 +23,8 @@ class SpecialistsClient(Protocol):
 
 class InProcessSpecialists:
     def screen(self, text: str) -> Screening:
-        # One embedding batch for everything both screens look at.
-        embeddings.prefetch([text, *similarity_units(text)])
+        # One embedding of the message, as written, for both screens (intent and triage's second opinion).
+        embeddings.prefetch([text])
         return Screening(triage=triage(text), intent=classify_intent(text))
 
 

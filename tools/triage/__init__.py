@@ -37,7 +37,6 @@ __all__ = [
     "Level",
     "TriageResult",
     "analyse",
-    "similarity_units",
     "triage",
     "triage_rules",
 ]
@@ -136,10 +135,3 @@ def triage(text: str) -> TriageResult:
 
     result = triage_rules(text)
     return classifier.review(text, result)
-
-
-def similarity_units(text: str) -> list[str]:
-    """The texts whose embeddings the second opinion needs (so a caller can batch them with its own)."""
-    from tools.triage import classifier
-
-    return classifier.units(text)

@@ -102,9 +102,10 @@ def normalise(text: str, lexicon: Lexicon | None = None) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
-
-
-def is_chinese(text: str) -> bool:
+def language_of(text: str) -> str:
+    """'zh' when a good part of the letters are CJK ideographs, else 'en'."""
     letters = [c for c in text if c.isalpha()]
-    return bool(letters) and sum(1 for c in letters if _CJK.match(c)) / len(letters) >= 0.3
+    if not letters:
+        return "en"
+    cjk = sum(1 for c in letters if unicodedata.name(c, "").startswith("CJK UNIFIED"))
+    return "zh" if cjk / len(letters) >= 0.3 else "en"
