@@ -60,6 +60,9 @@ class Finding(BaseModel):
     en: list[str] = Field(default_factory=list)
     zh: list[str] = Field(default_factory=list)
     examples: Examples = Field(default_factory=Examples)
+    stated_as: str | None = Field(
+        None, description='A number that counts as this finding however it is worded: "temp_c >= 38".'
+    )
     source_file: str = ""
 
 
@@ -288,6 +291,7 @@ class CompiledFinding:
     finding: Finding
     en: tuple[re.Pattern[str], ...]
     zh: tuple[re.Pattern[str], ...]
+    stated_as: Comparison | None = None
 
     @cached_property
     def any_en(self) -> re.Pattern[str] | None:
@@ -358,7 +362,7 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
                 zh = tuple(compile_pattern(p, "zh") for p in finding.zh)
             except KnowledgeError as exc:
                 raise KnowledgeError(f"{path.name}: finding {finding_id!r}: {exc}") from exc
-            findings[finding_id] = CompiledFinding(finding, en, zh)
+            findings[finding_id] = CompiledFinding(finding, en, zh, _stated_as(path, finding))
 
     conditions: list[CompiledCondition] = []
     for path, data in condition_files:
@@ -385,6 +389,18 @@ def load_kb(directory: Path = KB_DIR) -> KnowledgeBase:
                 raise KnowledgeError(f"{where}: no line at any level")
             conditions.append(CompiledCondition(condition, lines, explained))
     return KnowledgeBase(findings, tuple(conditions))
+
+
+def _stated_as(path: Path, finding: Finding) -> Comparison | None:
+    if finding.stated_as is None:
+        return None
+    terms = parse_line(finding.stated_as).terms
+    if len(terms) != 1 or not isinstance(terms[0], Comparison) or terms[0].finding is not None:
+        raise KnowledgeError(
+            f"{path.name}: finding {finding.id!r}: stated_as must be one message-wide number, "
+            f"got {finding.stated_as!r}"
+        )
+    return terms[0]
 
 
 def _no_duplicate_ids(

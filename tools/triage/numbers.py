@@ -240,7 +240,7 @@ _TEMP_CONTEXT = re.compile(
 
 
 _TEMP_BARE = re.compile(
-    r"(?<![\d./])(?P<v>3[5-9]\.\d|4[0-2]\.\d)(?![\d/])(?!\s*(?:kg|kilo|mmol|mg|%|cm|mm|lb|pounds|weeks?|wks?|kg))"
+    r"(?<![\d./])(?P<v>3[5-9]\.\d|4[0-2]\.\d)(?![\d/])(?!\s*(?:kg|kilo|mmol|mg|%|cm|mm|lb|pounds|weeks?|wks?))"
 )
 _TEMP_AFTER = re.compile(
     r"(?<![\d./])(?P<v>\d{2,3}(?:\.\d+)?)\s*(?:degrees?\s+)?(?:temp(?:erature)?|fever|on the thermometer)\b"

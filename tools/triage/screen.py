@@ -105,34 +105,32 @@ def extract(kb: KnowledgeBase, raw: str) -> Extraction:
             )
         )
     measures = numbers.measures(text)
-    occurrences += _from_numbers(kb, text, measures, occurrences)
+    occurrences += _from_numbers(kb, measures, occurrences)
     return Extraction(text, occurrences, measures)
 
 
-# A stated temperature of 38 °C or more is a fever, however it is worded ("39.2", "102F", "39度").
-FEVER_FROM_C = 38.0
-
-
-def _from_numbers(
-    kb: KnowledgeBase, text: str, measures: dict[str, float], found: list[Occurrence]
-) -> list[Occurrence]:
-    temperature = measures.get("temp_c")
-    if temperature is None or temperature < FEVER_FROM_C or "fever" not in kb.findings:
-        return []
-    if any(o.finding == "fever" and o.status in ("affirmed", "uncertain") for o in found):
-        return []
+def _from_numbers(kb: KnowledgeBase, measures: dict[str, float], found: list[Occurrence]) -> list[Occurrence]:
+    """Findings the knowledge base defines by a number (``stated_as``: a stated 39.2 is a fever however
+    it is worded), where no words already showed them."""
+    shown = {o.finding for o in found if o.status in ("affirmed", "uncertain")}
     durations = [o.duration_min for o in found if o.duration_min is not None]
-    return [
-        Occurrence(
-            finding="fever",
-            kind=kb.findings["fever"].finding.kind,
-            start=0,
-            end=0,
-            text=f"temperature {temperature:g} °C",
-            status="affirmed",
-            duration_min=max(durations) if durations else None,
+    added = []
+    for finding_id, compiled in kb.findings.items():
+        rule = compiled.stated_as
+        if rule is None or finding_id in shown or not rule.holds(observed := measures.get(rule.measure)):
+            continue
+        added.append(
+            Occurrence(
+                finding=finding_id,
+                kind=compiled.finding.kind,
+                start=0,
+                end=0,
+                text=f"{rule.measure} {observed:g}",
+                status="affirmed",
+                duration_min=max(durations) if durations else None,
+            )
         )
-    ]
+    return added
 
 
 # --- scoring -------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ seizure:
 fever:
   kind: symptom
   label: {en: fever, zh: 发烧}
+  stated_as: temp_c >= 38
   en: ['(fever|feverish|temperature)']
   zh: ['(发烧|发热|体温)']
 diabetes:
