@@ -250,8 +250,7 @@ def build_graph(
     def escalate(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
         language = state.get("language", "en")
         category = state["triage"].get("category") or "red flag"
-        label = CATEGORIES.get(category, category)
-        shown = CATEGORIES_ZH.get(category, label) if language == "zh" else label
+        label, shown = _category_labels(category, language)
         text = prompts.EMERGENCY[language].format(category=shown)
         if category == "suicide":
             text += " " + prompts.CRISIS_LINES[language]
@@ -271,8 +270,7 @@ def build_graph(
         language = state.get("language", "en")
         screen = state["triage"]
         category = screen.get("category") or "other"
-        label = CATEGORIES.get(category, category)
-        shown = CATEGORIES_ZH.get(category, label) if language == "zh" else label
+        label, shown = _category_labels(category, language)
         advice = f"{ADVICE['urgent'][language]} ({shown})"
         with _records(runtime) as records:
             notified = records.notify_care_team(
@@ -330,6 +328,12 @@ def build_graph(
     graph.add_edge("compose", "post_check")
     graph.add_edge("post_check", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _category_labels(category: str, language: str) -> tuple[str, str]:
+    """(the English label for the care team, the label shown to the patient in their language)."""
+    label = CATEGORIES.get(category, category)
+    return label, CATEGORIES_ZH.get(category, label) if language == "zh" else label
 
 
 def _needs_same_day(state: ChatState) -> bool:
