@@ -126,9 +126,10 @@ def test_every_condition_test_case_passes() -> None:
     assert failures == []
 
 
-def test_the_frozen_evaluation_set_is_unchanged() -> None:
-    data = (ROOT / "bench" / "data" / "triage-frozen-v1.jsonl").read_bytes()
-    recorded = (ROOT / "bench" / "data" / "triage-frozen-v1.jsonl.sha256").read_text().split()[0]
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_frozen_evaluation_sets_are_unchanged(version: str) -> None:
+    data = (ROOT / "bench" / "data" / f"triage-frozen-{version}.jsonl").read_bytes()
+    recorded = (ROOT / "bench" / "data" / f"triage-frozen-{version}.jsonl.sha256").read_text().split()[0]
     assert hashlib.sha256(data).hexdigest() == recorded
 
 
