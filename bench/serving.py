@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from models.engine import Engine, EngineLimits, GenerationRequest
-from models.healthgpt import HealthGPT, Request
+from models.contract import GenerationRequest
+from models.engine import BatchEngine
+from models.healthgpt import HealthGPT
+from models.limits import EngineLimits
 from models.spec import ModelSpec
 from models.tiny import resolve_spec
 
@@ -79,7 +81,7 @@ class Official:
                 self.model = HealthGPT(only, device=self.device)
                 self.task = request.plugin
                 self.rebuilds += 1
-            (answer,) = self.model.generate([_plain(request)])
+            (answer,) = self.model.generate([request])
             return len(answer.token_ids), None
 
 
@@ -89,7 +91,7 @@ class Sequential:
     streams = True
 
     def __init__(self, model: HealthGPT) -> None:
-        self.engine = Engine(model, EngineLimits(max_batch=1, max_queue=1024, max_new_tokens=256))
+        self.engine = BatchEngine(model, EngineLimits(max_batch=1, max_queue=1024, max_new_tokens=256))
 
     def run(self, request: GenerationRequest) -> tuple[int, float | None]:
         job = self.engine.submit(request)
@@ -99,13 +101,9 @@ class Sequential:
 
 class Ours(Sequential):
     def __init__(self, model: HealthGPT, max_batch: int) -> None:
-        self.engine = Engine(model, EngineLimits(max_batch=max_batch, max_queue=1024, max_new_tokens=256))
-
-
-def _plain(request: GenerationRequest) -> Request:
-    return Request(
-        request.question, request.image, request.plugin, request.max_new_tokens, request.constrain_vq
-    )
+        self.engine = BatchEngine(
+            model, EngineLimits(max_batch=max_batch, max_queue=1024, max_new_tokens=256)
+        )
 
 
 def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict:

@@ -4,10 +4,10 @@ Requests join the running batch between decode steps and leave it as soon as the
 keeps its own plugin (H-LoRA routing, CLIP layer, projector, embedding tables), its own rotary positions
 and its own slice of the KV cache, left-padded to the batch's length and masked. Tokens stream out as
 they are decoded. The engine is framework-agnostic: the Ray Serve deployment and the in-process client
-both drive it.
+both drive it. It uses only the model's public contract, :class:`models.contract.BatchModel`.
 
 Adapter hot-swap: a plugin name the callers use ("comprehension") is an alias of a loaded plugin
-version ("comprehension@v2"). :meth:`Engine.load_adapter` loads the new version beside the old one
+version ("comprehension@v2"). :meth:`BatchEngine.load_adapter` loads the new version beside the old one
 without pausing decoding, then re-points the alias between two steps; rows already running keep the
 version they were admitted with, and the old version is freed once none uses it.
 """
@@ -19,14 +19,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 from transformers import DynamicCache
 
-from models.healthgpt import Answer, HealthGPT
+from models.contract import BatchModel, GenerationRequest
+from models.healthgpt import Answer
+from models.limits import EngineLimits
 from models.spec import PluginSpec
 
 log = logging.getLogger(__name__)
@@ -61,30 +62,11 @@ class InvalidRequest(EngineError, ValueError):
 
 
 @dataclass(frozen=True)
-class EngineLimits:
-    max_batch: int = 8
-    max_queue: int = 64
-    max_prompt_tokens: int = 4096
-    max_new_tokens: int = 1024
-    request_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
 class TokenEvent:
     """One streamed step: the new token and the text it completed (may be empty mid-character)."""
 
     token_id: int
     text: str
-
-
-@dataclass
-class GenerationRequest:
-    question: str
-    image: Image.Image | None = None
-    plugin: str = "comprehension"
-    max_new_tokens: int = 64
-    stop: Sequence[str] = ()
-    constrain_vq: int | None = None
 
 
 @dataclass
@@ -158,16 +140,18 @@ class _Row:
     position: int  # rotary position of next_token
 
 
-class Engine:
+class BatchEngine:
     """Owns the model's decode loop in one background thread. Thread-safe ``submit``/``load_adapter``."""
 
-    def __init__(self, model: HealthGPT, limits: EngineLimits | None = None) -> None:
+    def __init__(self, model: BatchModel, limits: EngineLimits | None = None) -> None:
         self.model = model
         self.limits = limits or EngineLimits()
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
+        # The engine's own lock: guards the queue, the aliases and ``_closed``. Rows, cache and mask belong
+        # to the loop thread alone; the model serialises its forward passes itself.
         self._cond = threading.Condition()
         self._closed = False
         version = model.spec.adapter_version
@@ -269,7 +253,7 @@ class Engine:
                     job.plugin_key, job.adapter_version = self._aliases[job.request.plugin]
                     joiners.append(job)
             try:
-                with torch.no_grad(), self.model._lock:
+                with torch.no_grad():
                     self._drop_finished_jobs()
                     if joiners:
                         self._prefill(joiners)
@@ -292,7 +276,7 @@ class Engine:
                 continue
             r = job.request
             try:
-                row = model.prompt_row(r.question, r.image, job.plugin_key)
+                row = model.embed_prompt(r.question, r.image, job.plugin_key)
             except ValueError as exc:
                 job._finish(None, InvalidRequest(str(exc)))
                 continue
@@ -312,7 +296,7 @@ class Engine:
         embeds, mask, positions = model.left_padded(embeddings)
         cache = DynamicCache()
         plugins = [job.plugin_key for job in accepted]
-        logits = model._forward(embeds, mask, plugins, cache, positions)[:, -1]
+        logits = model.forward(embeds, mask, plugins, cache, positions)[:, -1]
         new_rows = [_Row(job, -1, int(e.shape[0])) for job, e in zip(accepted, embeddings, strict=True)]
         keep = self._emit(new_rows, logits)
         cache, mask = _select(cache, mask, keep)
@@ -323,16 +307,11 @@ class Engine:
     def _decode_step(self) -> None:
         model = self.model
         plugins = [row.job.plugin_key for row in self._rows]
-        step = torch.stack(
-            [
-                model._embed(torch.tensor([row.next_token], device=model.device), row.job.plugin_key)[0]
-                for row in self._rows
-            ]
-        ).unsqueeze(1)
+        step = model.embed_step([row.next_token for row in self._rows], plugins)
         assert self._mask is not None and self._cache is not None
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
         positions = torch.tensor([[row.position] for row in self._rows], device=model.device)
-        logits = model._forward(step, self._mask, plugins, self._cache, positions)[:, -1]
+        logits = model.forward(step, self._mask, plugins, self._cache, positions)[:, -1]
         for row in self._rows:
             row.position += 1
         self._retain(self._emit(self._rows, logits))
@@ -351,7 +330,7 @@ class Engine:
             if now > job.deadline:
                 job._finish(None, RequestTimedOut(f"exceeded {self.limits.request_timeout_s:.0f} s"))
                 continue
-            token = model._choose(logits[i], r.constrain_vq, job.generated)
+            token = model.next_token(logits[i], r.constrain_vq, job.generated)
             job.generated.append(token)
             job.logprobs.append(float(logprobs[i, token]))
             if job.first_token_at is None:
@@ -374,7 +353,7 @@ class Engine:
 
     def _text(self, job: Job) -> tuple[str, bool]:
         """The text so far, cut at the first stop string; holds back a trailing partial character."""
-        text = self.model._text(job.generated)
+        text = self.model.decode_text(job.generated)
         for stop in job.request.stop:
             at = text.find(stop)
             if at >= 0:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, CLIPImageProcessorPil, CLIPVisionModel, DynamicCache
 
+from models.contract import GenerationRequest
 from models.hlora import HLoRALinear, Routing, wrap_linears
 from models.spec import ModelSpec, PluginSpec
 from models.templates import IMAGE_PLACEHOLDER, get_template, user_message
@@ -83,20 +84,13 @@ class Score:
         return float(sum(self.logprobs))
 
 
-@dataclass
-class Request:
-    """One row of a batch."""
-
-    question: str
-    image: Image.Image | None = None
-    plugin: str = "comprehension"
-    max_new_tokens: int = 64
-    constrain_vq: int | None = None  # generate exactly this many VQ tokens, then <end_index>
-    generated: list[int] = field(default_factory=list)
-
-
 class HealthGPT:
-    """Loads a :class:`ModelSpec`; answers and scores requests, batched across plugins."""
+    """Loads a :class:`ModelSpec`; answers and scores requests, batched across plugins.
+
+    Implements :class:`models.contract.BatchModel`, the public methods the batching engine drives
+    (``embed_prompt``, ``left_padded``, ``embed_step``, ``forward``, ``next_token``, ``decode_text``);
+    :meth:`generate` is the reference decode loop over the same methods.
+    """
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
         self.spec = spec.model_copy(deep=True)  # our own: plugins loaded at runtime are added to it
@@ -141,8 +135,9 @@ class HealthGPT:
             if vq_start is not None
             else None
         )
-        # Routing is model-wide state for the duration of one forward pass.
-        self._lock = threading.Lock()
+        # Routing is model-wide state for the duration of one forward pass: forward() holds this lock,
+        # so the engine's thread and direct callers (score, generate) may share the model.
+        self._routing_lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -323,11 +318,20 @@ class HealthGPT:
         after = self._embed(torch.tensor(ids[at + 1 :], device=self.device), plugin)
         return torch.cat([before, image_features[0], after], dim=0)
 
-    def prompt_row(self, question: str, image: Image.Image | None, plugin: str) -> torch.Tensor:
+    def embed_prompt(self, question: str, image: Image.Image | None, plugin: str) -> torch.Tensor:
         """``[length, hidden]``: one request's templated prompt, embedded, with its image features."""
         features = self.image_features(image, plugin) if image is not None else None
         ids = self.input_ids(self.prompt_for(question, image is not None, plugin))
         return self._prompt_embeddings(ids, features, plugin)
+
+    def embed_step(self, tokens: Sequence[int], plugins: Sequence[str]) -> torch.Tensor:
+        """``[batch, 1, hidden]``: each row's last chosen token, embedded with its plugin's table."""
+        return torch.stack(
+            [
+                self._embed(torch.tensor([token], device=self.device), plugin)[0]
+                for token, plugin in zip(tokens, plugins, strict=True)
+            ]
+        ).unsqueeze(1)
 
     def left_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch of prompt rows, left-padded: embeddings, attention mask and per-row positions."""
@@ -366,7 +370,7 @@ class HealthGPT:
             return F.linear(hidden, heads[0])
         return torch.stack([F.linear(row, head) for row, head in zip(hidden, heads, strict=True)])
 
-    def _forward(
+    def forward(
         self,
         embeds: torch.Tensor,
         mask: torch.Tensor,
@@ -374,7 +378,9 @@ class HealthGPT:
         cache: DynamicCache | None,
         positions: torch.Tensor,
     ) -> torch.Tensor:
-        with self._routed(plugins):
+        """Logits ``[batch, length, vocab]`` of one step over the batch (a prompt, or one new token per
+        row), each row through its plugin; extends ``cache`` when one is given. Thread-safe."""
+        with self._routing_lock, self._routed(plugins):
             out = self.llm.model(
                 inputs_embeds=embeds,
                 attention_mask=mask,
@@ -385,57 +391,53 @@ class HealthGPT:
         return self._logits(out.last_hidden_state, plugins)
 
     # -- public API ---------------------------------------------------------------------------------
-    def _check(self, plugin: str, max_new_tokens: int) -> None:
+    def _check(self, plugin: str, max_new_tokens: int, stop: Sequence[str] = ()) -> None:
         if plugin not in self.spec.plugins:
             raise ValueError(f"unknown plugin {plugin!r}; this model has {sorted(self.spec.plugins)}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if stop:  # silently ignoring them would return a different answer than the engine
+            raise ValueError("stop strings are applied by the batching engine, not by generate()")
 
     @torch.no_grad()
-    def generate(self, requests: Sequence[Request]) -> list[Answer]:
-        """Greedy decoding of a batch (left-padded, each row with its own plugin)."""
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
+        """The reference decode loop: greedy, one left-padded batch start to end, each row with its own
+        plugin. The parity tests check it against the official code and the batching engine against it;
+        serving goes through :class:`models.engine.BatchEngine` (continuous batching, stop strings)."""
         for request in requests:
-            self._check(request.plugin, request.max_new_tokens)
+            self._check(request.plugin, request.max_new_tokens, request.stop)
         started = time.perf_counter()
-        with self._lock:
-            rows = [self.prompt_row(r.question, r.image, r.plugin) for r in requests]
-            plugins = [r.plugin for r in requests]
-            embeds, mask, positions = self.left_padded(rows)
-            cache = DynamicCache(config=self.llm.config)
-            logits = self._forward(embeds, mask, plugins, cache, positions)[:, -1]
-            outputs: list[list[int]] = [[] for _ in requests]
-            chosen_logprobs: list[list[float]] = [[] for _ in requests]
-            done = [False] * len(requests)
-            limit = max(r.max_new_tokens for r in requests)
-            for _ in range(limit):
-                next_ids = [
-                    self._choose(logits[i], r.constrain_vq, outputs[i]) for i, r in enumerate(requests)
-                ]
-                step_logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for i, token in enumerate(next_ids):
-                    if done[i]:
-                        continue
-                    outputs[i].append(token)
-                    chosen_logprobs[i].append(float(step_logprobs[i, token]))
-                    if token in self.eos_token_ids or len(outputs[i]) >= requests[i].max_new_tokens:
-                        done[i] = True
-                if all(done):
-                    break
-                step = torch.stack(
-                    [
-                        self._embed(torch.tensor([t], device=self.device), p)[0]
-                        for t, p in zip(next_ids, plugins, strict=True)
-                    ]
-                ).unsqueeze(1)
-                mask = torch.cat(
-                    [mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=self.device)], dim=1
-                )
-                positions = positions[:, -1:] + 1
-                logits = self._forward(step, mask, plugins, cache, positions)[:, -1]
+        rows = [self.embed_prompt(r.question, r.image, r.plugin) for r in requests]
+        plugins = [r.plugin for r in requests]
+        embeds, mask, positions = self.left_padded(rows)
+        cache = DynamicCache(config=self.llm.config)
+        logits = self.forward(embeds, mask, plugins, cache, positions)[:, -1]
+        outputs: list[list[int]] = [[] for _ in requests]
+        chosen_logprobs: list[list[float]] = [[] for _ in requests]
+        done = [False] * len(requests)
+        limit = max(r.max_new_tokens for r in requests)
+        for _ in range(limit):
+            next_ids = [
+                self.next_token(logits[i], r.constrain_vq, outputs[i]) for i, r in enumerate(requests)
+            ]
+            step_logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, token in enumerate(next_ids):
+                if done[i]:
+                    continue
+                outputs[i].append(token)
+                chosen_logprobs[i].append(float(step_logprobs[i, token]))
+                if token in self.eos_token_ids or len(outputs[i]) >= requests[i].max_new_tokens:
+                    done[i] = True
+            if all(done):
+                break
+            step = self.embed_step(next_ids, plugins)
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = self.forward(step, mask, plugins, cache, positions)[:, -1]
         seconds = time.perf_counter() - started
         return [
             Answer(
-                text=self._text(out),
+                text=self.decode_text(out),
                 token_ids=out,
                 plugin=r.plugin,
                 prompt_tokens=row.shape[0],
@@ -445,8 +447,9 @@ class HealthGPT:
             for r, out, lp, row in zip(requests, outputs, chosen_logprobs, rows, strict=True)
         ]
 
-    def _choose(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
-        """Greedy choice; with ``constrain_vq``, exactly that many VQ tokens, then <end_index>."""
+    def next_token(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
+        """The greedy choice from one row's logits ``[vocab]``; with ``constrain_vq``, exactly that many VQ
+        tokens, then <end_index>."""
         if constrain_vq is None or self.vq_token_ids is None:
             return int(torch.argmax(logits))
         if len(so_far) < constrain_vq:  # only VQ tokens until the grid is full
@@ -455,7 +458,7 @@ class HealthGPT:
             return self.tokenizer.token_to_id(END_INDEX)
         return self.eos_token_ids[-1]
 
-    def _text(self, token_ids: list[int]) -> str:
+    def decode_text(self, token_ids: list[int]) -> str:
         """The answer text: everything before the first stop token, special tokens dropped."""
         for position, token in enumerate(token_ids):
             if token in self.eos_token_ids:
@@ -470,7 +473,7 @@ class HealthGPT:
         plugin: str = "comprehension",
         max_new_tokens: int = 64,
     ) -> Answer:
-        return self.generate([Request(question, image, plugin, max_new_tokens)])[0]
+        return self.generate([GenerationRequest(question, image, plugin, max_new_tokens)])[0]
 
     def vq_indices(self, token_ids: Sequence[int]) -> list[int]:
         """VQ codebook indices of the ``<idx_k>`` tokens among ``token_ids`` (others are ignored)."""
@@ -504,7 +507,9 @@ class HealthGPT:
         """Image generation: exactly the VQGAN grid's number of VQ tokens (constrained greedy), then the
         VQGAN decode with the official post-processing. Returns the image and its VQ indices."""
         cells = self.image_token_count(plugin)
-        (answer,) = self.generate([Request(instruction, image, plugin, cells + 2, constrain_vq=cells)])
+        (answer,) = self.generate(
+            [GenerationRequest(instruction, image, plugin, cells + 2, constrain_vq=cells)]
+        )
         return self.image_from_tokens(answer.token_ids)
 
     def _vqgan(self):
@@ -529,12 +534,11 @@ class HealthGPT:
         if full_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError("the answer changes how the prompt tokenizes; cannot score it")
         answer_ids = full_ids[len(prompt_ids) :]
-        with self._lock:
-            features = self.image_features(image, plugin) if image is not None else None
-            embeds = self._prompt_embeddings(full_ids, features, plugin).unsqueeze(0)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-            positions = torch.arange(embeds.shape[1], device=self.device).unsqueeze(0)
-            logits = self._forward(embeds, mask, [plugin], None, positions)
+        features = self.image_features(image, plugin) if image is not None else None
+        embeds = self._prompt_embeddings(full_ids, features, plugin).unsqueeze(0)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
+        positions = torch.arange(embeds.shape[1], device=self.device).unsqueeze(0)
+        logits = self.forward(embeds, mask, [plugin], None, positions)
         first = embeds.shape[1] - len(answer_ids)
         return logits, answer_ids, list(range(first, embeds.shape[1]))
 

@@ -12,13 +12,16 @@ import io
 import time
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from models.engine import Engine, GenerationRequest, Job
-from models.healthgpt import Answer, HealthGPT
+from models.contract import GenerationRequest
 from tools.images import decode_image
+
+if TYPE_CHECKING:  # the model stack loads torch: only InProcessHealthGPT needs it, and imports it itself
+    from models.engine import BatchEngine, Job
+    from models.healthgpt import Answer, HealthGPT
 
 
 class Provenance(BaseModel):
@@ -154,9 +157,11 @@ class AskChunk(BaseModel):
 class InProcessHealthGPT:
     """Runs the model in this process, through the batching engine (concurrent calls share batches)."""
 
-    def __init__(self, model: HealthGPT, engine: Engine | None = None, timeout_s: float = 300.0) -> None:
+    def __init__(self, model: HealthGPT, engine: BatchEngine | None = None, timeout_s: float = 300.0) -> None:
+        from models.engine import BatchEngine
+
         self.model = model
-        self.engine = engine or Engine(model)
+        self.engine = engine or BatchEngine(model)
         self.timeout_s = timeout_s
 
     def close(self) -> None:

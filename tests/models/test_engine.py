@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.engine import (
-    Engine,
-    EngineLimits,
-    GenerationRequest,
-    InvalidRequest,
-    QueueFull,
-    RequestCancelled,
-)
-from models.healthgpt import HealthGPT, Request
+from models.contract import BatchModel, GenerationRequest
+from models.engine import BatchEngine, InvalidRequest, QueueFull, RequestCancelled
+from models.healthgpt import HealthGPT
+from models.limits import EngineLimits
 from models.spec import ModelSpec
 from models.tiny import build_tiny
 
@@ -28,20 +23,20 @@ def _image(color: int) -> Image.Image:
 
 
 def _single(model: HealthGPT, request: GenerationRequest) -> list[int]:
-    (answer,) = model.generate(
-        [Request(request.question, request.image, request.plugin, request.max_new_tokens)]
-    )
+    (answer,) = model.generate([request])
     return answer.token_ids
 
 
 @pytest.fixture
 def engine(tiny_model: HealthGPT):
-    engine = Engine(tiny_model, EngineLimits(max_batch=4, max_queue=8, max_new_tokens=64))
+    engine = BatchEngine(tiny_model, EngineLimits(max_batch=4, max_queue=8, max_new_tokens=64))
     yield engine
     engine.close()
 
 
-def test_batched_rows_of_mixed_plugins_equal_single_requests(engine: Engine, tiny_model: HealthGPT) -> None:
+def test_batched_rows_of_mixed_plugins_equal_single_requests(
+    engine: BatchEngine, tiny_model: HealthGPT
+) -> None:
     requests = [
         GenerationRequest(q, _image(40 * i) if i % 2 else None, plugin, max_new_tokens=6 + 3 * i)
         for i, (q, plugin) in enumerate(zip(QUESTIONS * 2, ["comprehension", "generation"] * 4, strict=True))
@@ -54,7 +49,7 @@ def test_batched_rows_of_mixed_plugins_equal_single_requests(engine: Engine, tin
         assert len(answer.logprobs) == len(answer.token_ids)
 
 
-def test_a_request_joining_mid_generation_is_unaffected(engine: Engine, tiny_model: HealthGPT) -> None:
+def test_a_request_joining_mid_generation_is_unaffected(engine: BatchEngine, tiny_model: HealthGPT) -> None:
     long = GenerationRequest("Describe every finding in detail.", _image(10), max_new_tokens=40)
     first = engine.submit(long)
     stream = first.tokens(timeout_s=60)
@@ -65,7 +60,37 @@ def test_a_request_joining_mid_generation_is_unaffected(engine: Engine, tiny_mod
     assert first.result(60).token_ids == _single(tiny_model, long)
 
 
-def test_streamed_text_adds_up_to_the_answer(engine: Engine) -> None:
+class _ContractOnly:
+    """A model that shows only :class:`BatchModel`'s members: the engine must need nothing else."""
+
+    members = {name for name in vars(BatchModel) if not name.startswith("_")} | set(
+        BatchModel.__annotations__
+    )
+
+    def __init__(self, model: HealthGPT) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self.members:
+            raise AttributeError(f"{name!r} is not part of the engine contract")
+        return getattr(self._model, name)
+
+
+def test_the_engine_uses_only_the_model_contract(tiny_model: HealthGPT) -> None:
+    engine = BatchEngine(_ContractOnly(tiny_model), EngineLimits(max_batch=2))  # type: ignore[arg-type]
+    try:
+        requests = [
+            GenerationRequest("What is shown?", _image(30), max_new_tokens=8),
+            GenerationRequest("Any effusion?", None, "generation", max_new_tokens=5),
+        ]
+        jobs = [engine.submit(r) for r in requests]
+        for request, job in zip(requests, jobs, strict=True):
+            assert job.result(60).token_ids == _single(tiny_model, request)
+    finally:
+        engine.close()
+
+
+def test_streamed_text_adds_up_to_the_answer(engine: BatchEngine) -> None:
     job = engine.submit(GenerationRequest("What is shown?", _image(99), max_new_tokens=12))
     events = list(job.tokens(timeout_s=60))
     answer = job.result(1)
@@ -74,7 +99,7 @@ def test_streamed_text_adds_up_to_the_answer(engine: Engine) -> None:
     assert job.time_to_first_token_s is not None and job.time_to_first_token_s <= answer.seconds
 
 
-def test_a_stop_string_ends_the_answer_before_it(engine: Engine) -> None:
+def test_a_stop_string_ends_the_answer_before_it(engine: BatchEngine) -> None:
     # Find an answer with a substring whose first occurrence is past the start (random weights repeat).
     for question, color in [(q, c) for q in QUESTIONS for c in (None, 10, 200)]:
         image = None if color is None else _image(color)
@@ -95,7 +120,7 @@ def test_a_stop_string_ends_the_answer_before_it(engine: Engine) -> None:
 
 
 def test_limits_are_enforced_before_anything_runs(tiny_model: HealthGPT) -> None:
-    engine = Engine(tiny_model, EngineLimits(max_batch=1, max_queue=2, max_new_tokens=64))
+    engine = BatchEngine(tiny_model, EngineLimits(max_batch=1, max_queue=2, max_new_tokens=64))
     try:
         with pytest.raises(InvalidRequest, match="unknown plugin"):
             engine.submit(GenerationRequest("q", plugin="nope"))
@@ -115,7 +140,7 @@ def test_limits_are_enforced_before_anything_runs(tiny_model: HealthGPT) -> None
         engine.close()
 
 
-def test_a_cancelled_request_frees_its_slot(engine: Engine) -> None:
+def test_a_cancelled_request_frees_its_slot(engine: BatchEngine) -> None:
     job = engine.submit(GenerationRequest("Describe every finding in detail.", max_new_tokens=60))
     next(job.tokens(timeout_s=60))
     job.cancel()
@@ -129,14 +154,14 @@ def test_a_cancelled_request_frees_its_slot(engine: Engine) -> None:
 
 def test_hot_swap_keeps_running_rows_on_their_version(tiny_spec: ModelSpec, tmp_path: Path) -> None:
     tiny_model = HealthGPT(tiny_spec)  # its own copy: this test loads and frees plugins
-    engine = Engine(tiny_model, EngineLimits(max_batch=4))
+    engine = BatchEngine(tiny_model, EngineLimits(max_batch=4))
     try:
         _check_hot_swap(engine, tiny_model, tmp_path)
     finally:
         engine.close()
 
 
-def _check_hot_swap(engine: Engine, tiny_model: HealthGPT, tmp_path: Path) -> None:
+def _check_hot_swap(engine: BatchEngine, tiny_model: HealthGPT, tmp_path: Path) -> None:
     other = ModelSpec.from_yaml(build_tiny(tmp_path / "tiny-seed3", seed=3))
     new_version = other.plugins["comprehension"]
     request = GenerationRequest("Describe every finding in detail.", max_new_tokens=40)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.healthgpt import HealthGPT, Request
+from models.contract import GenerationRequest
+from models.healthgpt import HealthGPT
 from models.spec import ModelSpec
 
 # case -> (plugin, uses the image)
@@ -135,7 +136,9 @@ def test_mixed_plugin_left_padded_batch_equals_single_runs(
         plugin, uses_image = CASES[case]
         expected = _expected(official_tiny, case)
         requests.append(
-            Request(expected["question"], image if uses_image else None, plugin, len(expected["output_ids"]))
+            GenerationRequest(
+                expected["question"], image if uses_image else None, plugin, len(expected["output_ids"])
+            )
         )
         expected_ids.append(expected["output_ids"])
     answers = model.generate(requests)
@@ -144,7 +147,9 @@ def test_mixed_plugin_left_padded_batch_equals_single_runs(
 
 
 def test_constrained_generation_fills_the_grid(model: HealthGPT, image) -> None:
-    (answer,) = model.generate([Request("Reconstruct the image.", image, "generation", 40, constrain_vq=32)])
+    (answer,) = model.generate(
+        [GenerationRequest("Reconstruct the image.", image, "generation", 40, constrain_vq=32)]
+    )
     assert len(model.vq_indices(answer.token_ids)) == 32
     assert answer.token_ids[32] == model.tokenizer.token_to_id("<end_index>")
 

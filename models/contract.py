@@ -1,0 +1,80 @@
+"""The contract between a model and the batching engine: the one request type and what the engine calls.
+
+Free of torch at import (annotations only), so clients and settings can name a request without loading
+the model stack. :class:`models.healthgpt.HealthGPT` implements :class:`BatchModel`;
+:class:`models.engine.BatchEngine` uses nothing else of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from transformers import DynamicCache
+
+    from models.spec import ModelSpec, PluginSpec
+    from models.weights import LoadReport
+
+
+@dataclass
+class GenerationRequest:
+    """One request: a question (with an optional image) for one plugin, answered greedily."""
+
+    question: str
+    image: Image.Image | None = None
+    plugin: str = "comprehension"
+    max_new_tokens: int = 64
+    _: KW_ONLY
+    stop: Sequence[str] = ()  # end the answer before the first of these (the engine applies them)
+    constrain_vq: int | None = None  # generate exactly this many VQ tokens, then <end_index>
+
+
+class BatchModel(Protocol):
+    """What :class:`models.engine.BatchEngine` needs of a model. Every row of a batch names its plugin.
+
+    ``forward`` is safe to call from several threads (the model serialises what must be); the rest are
+    stateless with respect to the model.
+    """
+
+    spec: ModelSpec  # plugins now loaded, and the adapter version of the spec's own
+    device: torch.device
+    eos_token_ids: list[int]
+
+    def embed_prompt(self, question: str, image: Image.Image | None, plugin: str) -> torch.Tensor:
+        """``[length, hidden]``: the templated prompt, embedded, with the image's features spliced in."""
+        ...
+
+    def left_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt rows as one left-padded batch: embeddings, attention mask, per-row positions."""
+        ...
+
+    def embed_step(self, tokens: Sequence[int], plugins: Sequence[str]) -> torch.Tensor:
+        """``[batch, 1, hidden]``: each row's last chosen token, embedded with its plugin's table."""
+        ...
+
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        plugins: Sequence[str],
+        cache: DynamicCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``[batch, length, vocab]`` of one step over the batch, extending ``cache`` if given."""
+        ...
+
+    def next_token(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
+        """The token to emit after ``so_far`` given one row's last logits ``[vocab]``."""
+        ...
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        """The answer text of generated ids: up to the first end token, special tokens dropped."""
+        ...
+
+    def add_plugin(self, name: str, plugin: PluginSpec) -> LoadReport: ...
+
+    def remove_plugin(self, name: str) -> None: ...

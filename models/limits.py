@@ -1,0 +1,18 @@
+"""The batching engine's limits, in a module free of torch so that settings (and every CLI command that
+loads them) can hold them without paying torch's import time."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineLimits(BaseModel):
+    """The batching engine of each HealthGPT replica (``Settings.engine``; :class:`BatchEngine`'s limits)."""
+
+    model_config = ConfigDict(frozen=True)  # shared by the engine thread and its callers
+
+    max_batch: int = Field(default=8, ge=1, description="Rows decoded together.")
+    max_queue: int = Field(default=64, ge=1, description="Requests waiting for a row; beyond it, 503.")
+    max_prompt_tokens: int = Field(default=4096, ge=16)
+    max_new_tokens: int = Field(default=1024, ge=1, description="Cap on generated text tokens.")
+    request_timeout_s: float = Field(default=300.0, gt=0)
