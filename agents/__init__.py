@@ -1,1 +1,29 @@
-"""agents package."""
+"""The Health Agent. What other layers use: the graph (build_graph, its runtime context and input
+state) and the intake of a turn's uploads; the rest of the package is internal."""
+
+from agents.context import TurnContext
+from agents.graph import build_graph
+from agents.intake import (
+    Intake,
+    StoredStudy,
+    TurnUploads,
+    Upload,
+    UploadRejected,
+    take_study,
+    take_uploads,
+)
+from agents.state import Actor, InputState
+
+__all__ = [
+    "Actor",
+    "InputState",
+    "Intake",
+    "StoredStudy",
+    "TurnContext",
+    "TurnUploads",
+    "Upload",
+    "UploadRejected",
+    "build_graph",
+    "take_study",
+    "take_uploads",
+]

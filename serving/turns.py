@@ -10,16 +10,23 @@ from typing import Any
 
 from langgraph.types import Command
 
-from agents.graph import TurnContext
-from agents.safety import injection_findings
+from agents import (
+    InputState,
+    Intake,
+    StoredStudy,
+    TurnContext,
+    TurnUploads,
+    Upload,
+    UploadRejected,
+    take_study,
+    take_uploads,
+)
 from memory.db import transaction
 from memory.records import AccessDenied, InvalidInput, NotFound, Records
 from memory.schema import Role
 from memory.users import Principal
 from serving.problems import Problem
 from serving.services import GatewayServices
-from tools.images import UnsupportedImage, is_dicom, strip_metadata
-from tools.intake import DicomRejected, ingest_dicom
 
 
 @contextmanager
@@ -36,12 +43,6 @@ def records_for(services: GatewayServices, principal: Principal) -> Iterator[Rec
         raise Problem(status, str(exc) if status == 403 else "not found") from exc
     except InvalidInput as exc:
         raise Problem(422, str(exc)) from exc
-
-
-@dataclass
-class Upload:
-    name: str
-    data: bytes
 
 
 @dataclass
@@ -67,84 +68,41 @@ def open_consultation(services: GatewayServices, principal: Principal, patient_i
     return consultation_id
 
 
-def _store_picture(services: GatewayServices, data: bytes) -> tuple[str, bytes]:
-    """Keep only the pixels of an uploaded picture, upright (PNG: EXIF, XMP, ICC, comments gone)."""
+# The agent's intake refuses an upload with a reason; the API answers it with this status.
+_UPLOAD_STATUS = {"too_large": 413, "not_dicom": 415, "unreadable": 415, "unsupported": 415}
+
+
+def _intake(services: GatewayServices, principal: Principal) -> Intake:
+    return Intake(
+        pixels=services.pixels,
+        records=lambda: records_for(services, principal),
+        deid_key=services.deid_key,
+        burned_in=services.settings.burned_in,
+        max_bytes=services.settings.max_upload_bytes,
+    )
+
+
+@contextmanager
+def _upload_problems() -> Iterator[None]:
     try:
-        png = strip_metadata(data)
-    except UnsupportedImage as exc:
-        raise Problem(415, f"image: {exc}") from exc
-    return services.pixels.put(png), png
-
-
-_DICOM_STATUS = {"too_large": 413, "not_dicom": 415, "unreadable": 415, "unsupported": 415}
-
-
-@dataclass(frozen=True)
-class StoredStudy:
-    id: int
-    png_key: str  # the de-identified picture the model sees
-    png: bytes
+        yield
+    except UploadRejected as exc:
+        raise Problem(_UPLOAD_STATUS.get(exc.reason, 422), str(exc)) from exc
 
 
 def ingest_study(
     services: GatewayServices, principal: Principal, patient_id: int, upload: Upload
 ) -> StoredStudy:
-    """A DICOM upload becomes a de-identified study (header and, per setting, burned-in text)."""
-    try:
-        study = ingest_dicom(
-            upload.data,
-            key=services.deid_key,
-            burned_in=services.settings.burned_in,
-            max_bytes=services.settings.max_upload_bytes,
-        )
-    except DicomRejected as exc:
-        status = _DICOM_STATUS.get(exc.reason, 422)
-        raise Problem(status, f"{upload.name}: {exc}") from exc
-    # Instructions hidden in header text are recorded (never the text itself beyond the match), and
-    # de-identification has already dropped those fields from what is kept.
-    screening = injection_findings("\n".join(study.text_fields))
-    dicom_key = services.pixels.put(study.deidentified_dicom)
-    png_key = services.pixels.put(study.png)
-    with records_for(services, principal) as records:
-        row = records.add_study(
-            patient_id,
-            modality=study.modality,
-            description=study.description,
-            metadata={
-                **study.metadata,
-                "dicom_key": dicom_key,
-                "deidentification": study.deid_summary,
-                "screening": screening,
-            },
-            pixel_key=png_key,
-        )
-        return StoredStudy(row.id, png_key, study.png)
+    """A DICOM upload becomes a de-identified study, through the agent's intake."""
+    with _upload_problems():
+        return take_study(_intake(services, principal), patient_id, upload)
 
 
-def prepare_uploads(
+def _take_uploads(
     services: GatewayServices, principal: Principal, patient_id: int | None, turn: TurnInput
-) -> tuple[list[str], bytes | None, int | None]:
-    """Pictures into the pixel store, DICOM into studies; returns (attachments, model image, study)."""
-    attachments: list[str] = []
-    image: bytes | None = None
-    study_id = turn.study_id
-    for upload in turn.uploads:
-        if is_dicom(upload.data):
-            if patient_id is None:
-                raise Problem(422, "a DICOM study belongs to a patient: use a patient consultation")
-            study = ingest_study(services, principal, patient_id, upload)
-            study_id = study.id
-            attachments.append(study.png_key)
-            image = image or study.png
-        else:
-            key, png = _store_picture(services, upload.data)
-            attachments.append(key)
-            image = image or png
-    if image is None and study_id is not None:
-        with records_for(services, principal) as records:
-            key = records.get_study(study_id).pixel_key
-        image = services.pixels.get(key) if key else None
-    return attachments, image, study_id
+) -> TurnUploads:
+    with _upload_problems():
+        return take_uploads(_intake(services, principal), patient_id, turn.uploads, turn.study_id)
 
 
 def turn_context(services: GatewayServices, principal: Principal, image: bytes | None) -> TurnContext:
@@ -157,8 +115,13 @@ def turn_context(services: GatewayServices, principal: Principal, image: bytes |
 
 
 def graph_input(
-    principal: Principal, consultation_id: str, patient_id: int | None, turn: TurnInput, attachments, study_id
-) -> dict[str, Any]:
+    principal: Principal,
+    consultation_id: str,
+    patient_id: int | None,
+    turn: TurnInput,
+    attachments: list[str],
+    study_id: int | None,
+) -> InputState:
     return {
         "messages": [{"role": "user", "content": turn.message}],
         "consultation_id": consultation_id,
@@ -185,7 +148,7 @@ DURABILITY = "exit"
 
 def begin_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
-) -> tuple[dict[str, Any], TurnContext]:
+) -> tuple[InputState, TurnContext]:
     """Check access, store the user's message and uploads; what the graph needs to run the turn."""
     with records_for(services, principal) as records:
         consultation = records.get_consultation(consultation_id)
@@ -202,12 +165,13 @@ def begin_turn(
         plain = not turn.uploads and turn.study_id is None
         if plain:
             records.add_message(consultation_id, str(principal.role), turn.message)
-    attachments, image, study_id = prepare_uploads(services, principal, patient_id, turn)
+    taken = _take_uploads(services, principal, patient_id, turn)
     if not plain:
         with records_for(services, principal) as records:
-            records.add_message(consultation_id, str(principal.role), turn.message, attachments=attachments)
-    state_in = graph_input(principal, consultation_id, patient_id, turn, attachments, study_id)
-    return state_in, turn_context(services, principal, image)
+            role = str(principal.role)
+            records.add_message(consultation_id, role, turn.message, attachments=taken.attachments)
+    state_in = graph_input(principal, consultation_id, patient_id, turn, taken.attachments, taken.study_id)
+    return state_in, turn_context(services, principal, taken.image)
 
 
 def finish_turn(

@@ -1,0 +1,53 @@
+"""The runtime context of one turn: what the nodes use but LangGraph must never checkpoint.
+
+Image bytes, the records connection and the tool clients reach the nodes here (``runtime.context``),
+while the checkpointed state (agents.state) holds only text, ids and pixel-store keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+
+from memory.pixels import PixelStore
+from memory.records import Records
+from tools.healthgpt import HealthGPTClient
+from tools.specialists import SpecialistsClient
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """Per-turn inputs that must not be checkpointed (image bytes, connections) or come from settings."""
+
+    image: bytes | None = None  # the picture the model sees this turn
+    max_new_tokens: int = 64
+    records: Callable[[], AbstractContextManager[Records]] | None = None
+    pixels: PixelStore | None = None
+    history_turns: int = 6
+    # The clients the graph was built with fill these when a turn gives none (agents.graph.build_graph).
+    client: HealthGPTClient | None = None
+    specialists: SpecialistsClient | None = None
+
+    def with_tools(self, client: HealthGPTClient, specialists: SpecialistsClient) -> TurnContext:
+        """This context, with the given clients where it names none."""
+        return replace(
+            self,
+            client=client if self.client is None else self.client,
+            specialists=specialists if self.specialists is None else self.specialists,
+        )
+
+    def model(self) -> HealthGPTClient:
+        if self.client is None:
+            raise RuntimeError("this turn has no HealthGPT client (TurnContext.client)")
+        return self.client
+
+    def screens(self) -> SpecialistsClient:
+        if self.specialists is None:
+            raise RuntimeError("this turn has no specialist models (TurnContext.specialists)")
+        return self.specialists
+
+    def open_records(self) -> AbstractContextManager[Records]:
+        if self.records is None:
+            raise RuntimeError("this turn has no records access (TurnContext.records)")
+        return self.records()

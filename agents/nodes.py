@@ -1,0 +1,290 @@
+"""The Health Agent's nodes: each takes the checkpointed state (and, where it needs tools, records or
+the turn's image, the runtime context) and returns the keys it changes. agents.graph wires them.
+
+Safety-relevant steps are deterministic code: the red-flag screen, the route table, escalation, the
+disclaimer and the preliminary label. The model only drafts text (consult, second read) and images.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from langgraph.config import get_stream_writer
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+from PIL import Image
+
+from agents import prompts
+from agents.context import TurnContext
+from agents.routing import Route, route
+from agents.safety import injection_findings, quote_for_model, screen_output
+from agents.state import ChatState
+from tools.healthgpt import AskRequest, ImageRequest, ImageTask
+from tools.qc import check_image
+from tools.retrieval import build_index
+from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
+from tools.triage.text import language_of
+
+
+def intake(state: ChatState) -> ChatState:
+    """Starts the turn: its language, and the per-turn keys cleared. The turn's uploads were taken in
+    before the graph ran (agents.intake), so here they are only pixel-store keys and a study id."""
+    text = state["messages"][-1]["content"] if state.get("messages") else ""
+    return {
+        "language": language_of(text),
+        "request": state.get("request") or "message",
+        "tool_results": {},
+        "draft": "",
+        "provenance": None,
+        "escalated": False,
+        "refusal": None,
+    }
+
+
+def safety_screen(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    text = state["messages"][-1]["content"]
+    screening = runtime.context.screens().screen(text)
+    # An explicit API request (second read, image task) outranks the intent: the route table decides.
+    return {
+        "triage": screening.triage.model_dump(),
+        "injection": injection_findings(text),
+        "intent": screening.intent.intent,
+    }
+
+
+def decide_route(state: ChatState) -> ChatState:
+    # A message that tries to steer the system is answered as a plain consultation, nothing more.
+    intent = "consult" if state.get("injection") else state["intent"]
+    chosen, refusal = route(
+        state["actor"]["role"], state.get("request", "message"), intent, state["triage"]["red_flag"]
+    )
+    if chosen is Route.second_read and state.get("study_id") is None:
+        chosen, refusal = Route.refuse, "needs_study"
+    return {"route": chosen.value, "refusal": refusal}
+
+
+def consult(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    context = runtime.context
+    turns = state["messages"][-(2 * context.history_turns + 1) : -1]
+    earlier = "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+    question = quote_for_model(state["messages"][-1]["content"])
+    if earlier:
+        question = f"Conversation so far:\n{earlier}\n\n{question}"
+    history = _relevant_history(state, context)
+    if history:
+        snippets = "\n".join(text for _, text in history)
+        question = f"Relevant earlier records of this patient:\n{snippets}\n\n{question}"
+    request = AskRequest(question=question, image=context.image, max_new_tokens=context.max_new_tokens)
+    writer = get_stream_writer()
+    result = None
+    for chunk in context.model().ask_stream(request):
+        if chunk.delta:
+            writer({"token": chunk.delta})
+        if chunk.result is not None:
+            result = chunk.result
+    assert result is not None
+    return {
+        "draft": result.text,
+        "provenance": result.provenance.model_dump(),
+        "tool_results": {"history_used": [record for record, _ in history]},
+    }
+
+
+def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    context = runtime.context
+    with context.open_records() as records:
+        study = records.get_study(state["study_id"])
+        modality, pixel_key = study.modality or "medical", study.pixel_key
+    image = context.pixels.get(pixel_key) if (context.pixels and pixel_key) else None
+    questions = [f"Describe the findings in this {modality} image.", "What is the overall impression?"]
+    asks = [AskRequest(question=q, image=image, max_new_tokens=context.max_new_tokens) for q in questions]
+    # Sent together, so the batching engine decodes both in one batch instead of one after the other.
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        findings, impression = pool.map(context.model().ask, asks)
+    confidence = round(float(min(findings.mean_logprob, impression.mean_logprob)), 4)
+    qc = _qc(image)
+    draft = (
+        f"Findings: {findings.text or '(none stated)'}\n"
+        f"Impression: {impression.text or '(none stated)'}\n"
+        f"Confidence (mean token log-probability): {confidence}"
+    )
+    if qc:
+        draft += "\nImage quality: " + "; ".join(qc)
+    provenance = {**findings.provenance.model_dump(), "consultation_id": state["consultation_id"]}
+    # Written before the review interrupt, in its own node, so resuming the thread does not write it again.
+    with context.open_records() as records:
+        read_id = records.add_read(state["study_id"], draft, provenance).id
+    return {
+        "draft": draft,
+        "read_id": read_id,
+        "provenance": provenance,
+        "tool_results": {
+            "findings": findings.text,
+            "impression": impression.text,
+            "confidence": confidence,
+            "qc": qc,
+        },
+    }
+
+
+def review(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    decision = interrupt({"read_id": state["read_id"], "draft": state["draft"], "status": "preliminary"})
+    action = decision.get("action")
+    text = (decision.get("text") or "").strip()
+    with runtime.context.open_records() as records:
+        read = records.get_read(state["read_id"])
+        if read.status.value == "preliminary":  # idempotent if the node runs again
+            final = state["draft"] if action == "sign" else text
+            records.sign_read(state["read_id"], final)
+            if action == "correct":
+                records.add_feedback("correction", {"text": text, "draft": state["draft"]}, read_id=read.id)
+        status = read.status.value
+    return {
+        "approval": {"action": action, "status": status},
+        "draft": read.physician_final or state["draft"],
+    }
+
+
+def image_task(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    context = runtime.context
+    task = ImageTask(state.get("image_task") or ImageTask.reconstruction)
+    instruction = state["messages"][-1]["content"] if task is ImageTask.text_to_image else None
+    request = ImageRequest(task=task, image=context.image, instruction=instruction)
+    result = context.model().generate_image(request)
+    key = context.pixels.put(result.png) if context.pixels else None
+    return {
+        "draft": f"Generated image ({task.value.replace('_', ' ')}).",
+        "provenance": result.provenance.model_dump(),
+        "tool_results": {"image_key": key, "vq_tokens": len(result.vq_indices)},
+    }
+
+
+def history(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    patient_id = state.get("patient_id")
+    if patient_id is None:
+        return {"draft": "This conversation concerns no patient; there is no history to show."}
+    with runtime.context.open_records() as records:
+        consultations = records.list_consultations(patient_id)
+        studies = records.list_studies(patient_id)
+        lines = [f"{len(consultations)} consultation(s), {len(studies)} study(ies) on record."]
+        for study in studies[-5:]:
+            reads = records.list_reads(study.id)
+            signed = [r for r in reads if r.status.value != "preliminary"]
+            lines.append(
+                f"- study {study.id}: {study.modality or 'image'} {study.description}".rstrip()
+                + (f"; signed read: {signed[-1].physician_final[:200]}" if signed else "")
+            )
+    return {"draft": "\n".join(lines)}
+
+
+def admin(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    with runtime.context.open_records() as records:
+        aggregates = records.feedback_aggregates()
+        adapters = records.list_adapters()
+    lines = ["Feedback by plugin / adapter version / kind:"]
+    lines += [f"- {a.plugin} {a.adapter_version} {a.kind}: {a.count}" for a in aggregates] or ["- none yet"]
+    lines.append("Adapter versions:")
+    lines += [f"- {a.plugin} {a.version}: {a.status.value}" for a in adapters] or ["- none registered"]
+    return {"draft": "\n".join(lines)}
+
+
+def escalate(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    language = state.get("language", "en")
+    category = state["triage"].get("category") or "red flag"
+    label, shown = _category_labels(category, language)
+    text = prompts.EMERGENCY[language].format(category=shown)
+    if category == "suicide":
+        text += " " + prompts.CRISIS_LINES[language]
+    with runtime.context.open_records() as records:
+        records.flag_consultation(state["consultation_id"], f"red flag: {label}")
+        notified = records.notify_care_team(
+            state["consultation_id"],
+            "red_flag",
+            f"Red flag ({label}) in consultation {state['consultation_id']}",
+        )
+    return {"draft": text, "escalated": True, "tool_results": {"notified": notified}}
+
+
+def same_day(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    """The screen found an urgent (same-day) condition: the answer says so, the care team hears of it
+    at a lower priority than a red flag, and the decision goes into the answer's provenance."""
+    language = state.get("language", "en")
+    screen = state["triage"]
+    category = screen.get("category") or "other"
+    label, shown = _category_labels(category, language)
+    advice = f"{ADVICE['urgent'][language]} ({shown})"
+    with runtime.context.open_records() as records:
+        notified = records.notify_care_team(
+            state["consultation_id"],
+            "same_day",
+            f"Same-day care advised ({label}) in consultation {state['consultation_id']}",
+        )
+    provenance = {**(state.get("provenance") or {}), "triage": _triage_provenance(screen)}
+    return {
+        "draft": f"{state.get('draft', '')}\n\n{advice}".strip(),
+        "provenance": provenance,
+        "tool_results": {**(state.get("tool_results") or {}), "notified": notified},
+    }
+
+
+def refuse(state: ChatState) -> ChatState:
+    reason = state.get("refusal") or "admin_only"
+    return {"draft": prompts.REFUSALS[reason][state.get("language", "en")]}
+
+
+def compose(state: ChatState) -> ChatState:
+    language = state.get("language", "en")
+    text = state.get("draft") or "(the model returned no text)"
+    provenance = state.get("provenance")
+    if state.get("route") == Route.second_read and not state.get("approval"):
+        text = f"{prompts.PRELIMINARY_NOTICE[language]}\n{text}"
+    if provenance and provenance.get("demo_weights"):
+        text = f"{text}\n\n{prompts.DEMO_WEIGHTS_NOTICE}"
+    return {"answer": text, "disclaimer": prompts.DISCLAIMERS[language]}
+
+
+def post_check(state: ChatState) -> ChatState:
+    answer = state["answer"]
+    if state.get("route") == Route.consult and screen_output(state.get("draft", "")).red_flag:
+        # The model's own text speaks of an emergency: never leave it without the advice.
+        answer = f"{answer}\n\n{prompts.POST_CHECK_ADVICE[state.get('language', 'en')]}"
+    return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
+
+
+def _category_labels(category: str, language: str) -> tuple[str, str]:
+    """(the English label for the care team, the label shown to the patient in their language)."""
+    label = CATEGORIES.get(category, category)
+    return label, CATEGORIES_ZH.get(category, label) if language == "zh" else label
+
+
+def _triage_provenance(screen: dict[str, Any]) -> dict[str, Any]:
+    keys = ("level", "category", "condition", "condition_name", "decided_by", "sources")
+    return {key: screen.get(key) for key in keys}
+
+
+def _relevant_history(state: ChatState, context: TurnContext, k: int = 2) -> list[tuple[str, str]]:
+    """Snippets of this patient's own earlier records that match the message (signed reads and the
+    patient's words in earlier consultations). Only what the records layer releases to this actor is
+    indexed, and only this patient's."""
+    patient_id = state.get("patient_id")
+    if patient_id is None or context.records is None:
+        return []
+    with context.open_records() as records:
+        texts = records.history_texts(patient_id, exclude=state.get("consultation_id"))
+    items = [(record, text, {"kind": kind}) for record, text, kind in texts]
+    if not items:
+        return []
+    index = build_index(patient_id, items)
+    hits = index.search(state["messages"][-1]["content"], k=k, min_score=0.35)
+    return [(hit.id, f"- ({hit.metadata['kind']}) {hit.snippet}") for hit in hits]
+
+
+def _qc(image: bytes | None) -> list[str]:
+    """Image-quality notes for a read (empty when the image is fine)."""
+    if image is None:
+        return ["no image available"]
+    with Image.open(io.BytesIO(image)) as picture:
+        report = check_image(picture)
+    return [flag.message for flag in report.flags]
