@@ -12,7 +12,7 @@ from PIL import Image
 from agents.prompts import DISCLAIMER
 from memory.db import make_session_factory, transaction
 from memory.users import new_token, set_bootstrap_token
-from serving.gateway import create_app
+from serving.api.app import create_app
 from serving.services import build_services, prepare_database
 from serving.settings import Settings
 from tools.healthgpt import InProcessHealthGPT

@@ -16,7 +16,7 @@ from memory.db import make_session_factory, transaction
 from memory.records import Records
 from memory.schema import Role, User
 from memory.users import Principal, new_token, set_bootstrap_token
-from serving.gateway import create_app
+from serving.api.app import create_app
 from serving.services import build_services, prepare_database
 from serving.settings import Settings
 from tools.healthgpt import InProcessHealthGPT

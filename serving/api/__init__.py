@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): it authenticates, validates and limits; the agent does the rest."""

@@ -1,0 +1,88 @@
+"""Consultations (= LangGraph threads) and their messages, one agent turn per message."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from memory.records import Records
+from memory.schema import Role
+from serving.api.bodies import MESSAGE_BODY, check_message, read_body
+from serving.api.deps import Caller, RecordsSession, Services
+from serving.api.schemas import (
+    ERROR_RESPONSES,
+    THREAD_ID_PATTERN,
+    ConsultationCreate,
+    ConsultationOut,
+    MessageOut,
+    MessageRequest,
+    TurnResponse,
+)
+from serving.problems import Problem
+from serving.turns import TurnInput, open_consultation, records_for, run_turn, stream_turn
+
+router = APIRouter(prefix="/v1/consultations", tags=["consultations"], responses=ERROR_RESPONSES)
+THREAD_ID = re.compile(THREAD_ID_PATTERN)
+
+
+def consultation_out(records: Records, consultation_id: str, *, with_messages: bool) -> ConsultationOut:
+    consultation = ConsultationOut.model_validate(records.get_consultation(consultation_id))
+    if with_messages:
+        consultation.messages = [MessageOut.model_validate(m) for m in records.list_messages(consultation_id)]
+    return consultation
+
+
+@router.post("", status_code=201, response_model=ConsultationOut)
+def create_consultation(body: ConsultationCreate, principal: Caller, services: Services) -> ConsultationOut:
+    """Open a consultation: a patient's own, a physician's about a patient in their care team, or an
+    admin's (no patient data)."""
+    if principal.role is Role.physician and body.patient_id is None:
+        raise Problem(422, "patient_id: a physician's consultation is about a patient")
+    if principal.role is Role.admin and body.patient_id is not None:
+        raise Problem(403, "administrators do not open consultations about patients")
+    consultation_id = open_consultation(services, principal, body.patient_id)
+    with records_for(services, principal) as records:
+        return consultation_out(records, consultation_id, with_messages=False)
+
+
+@router.get("/{consultation_id}", response_model=ConsultationOut)
+def get_consultation(consultation_id: str, records: RecordsSession) -> ConsultationOut:
+    """A consultation with its messages (each answer with its provenance)."""
+    return consultation_out(records, consultation_id, with_messages=True)
+
+
+def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
+    for event, data in events:
+        yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.post(
+    "/{consultation_id}/messages",
+    response_model=TurnResponse,
+    openapi_extra=MESSAGE_BODY,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the turn's outcome"}},
+)
+async def post_message(
+    consultation_id: str, request: Request, principal: Caller, services: Services
+) -> TurnResponse | StreamingResponse:
+    """Send a message (JSON, or multipart with pictures / DICOM files). With
+    ``Accept: text/event-stream`` the answer streams: ``node`` events as the agent moves, ``token``
+    events as the model writes, then ``done`` with the outcome."""
+    if not THREAD_ID.match(consultation_id):
+        raise Problem(404, "not found")
+    settings = services.settings
+    body, uploads = await read_body(request, MessageRequest, settings.max_upload_bytes)
+    check_message(settings, body.message)
+    turn = TurnInput(body.message, body.request, body.image_task, body.study_id, uploads)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        # Access is checked and the message stored before the stream starts: refusals stay plain HTTP.
+        events = await run_in_threadpool(stream_turn, services, principal, consultation_id, turn)
+        return StreamingResponse(iterate_in_threadpool(_sse(events)), media_type="text/event-stream")
+    outcome = await run_in_threadpool(run_turn, services, principal, consultation_id, turn)
+    return TurnResponse.model_validate(outcome)
