@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 SERVE_CONFIG ?= configs/serve/local.yaml
+PORT ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint clean
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/healthagent serve --serve-config $(SERVE_CONFIG)
+	$(BIN)/healthagent serve --serve-config $(SERVE_CONFIG) $(if $(PORT),--port $(PORT))
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

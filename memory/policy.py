@@ -27,6 +27,7 @@ class Resource(enum.StrEnum):
     audit = "audit"
     user = "user"
     care_team = "care_team"
+    notification = "notification"  # audited when written; a user reads only their own
 
 
 class Action(enum.StrEnum):

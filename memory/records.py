@@ -18,6 +18,7 @@ from memory.schema import (
     AdapterStatus,
     AdapterVersion,
     ApiToken,
+    AuthorRole,
     CareTeamMember,
     Consultation,
     ConsultationStatus,
@@ -97,9 +98,8 @@ class Records:
         # Recorded in its own transaction: the caller's will roll back on the exception.
         factory = sessionmaker(bind=self.session.get_bind())
         with factory() as side, side.begin():
-            audit.append(side, actor=self.actor, action=f"{resource}.{action}", resource=str(resource),
-                         resource_id=str(resource_id), patient_id=patient_id, outcome="denied",
-                         detail={"reason": why})  # fmt: skip
+            self._audit(resource, action, resource_id, patient_id, session=side, outcome="denied",
+                        detail={"reason": why})  # fmt: skip
         raise AccessDenied(f"{self.actor.role} may not {action} {resource} {resource_id}: {why}")
 
     def _authorize(
@@ -109,8 +109,23 @@ class Records:
         decision = decide(self.actor.role, resource, action, relation, admin_phi_access=self.admin_phi_access)
         if not decision.allowed:
             self._deny(resource, action, resource_id, patient_id, decision.reason)
-        audit.append(self.session, actor=self.actor, action=f"{resource}.{action}", resource=str(resource),
-                     resource_id=str(resource_id), patient_id=patient_id)  # fmt: skip
+        self._audit(resource, action, resource_id, patient_id)
+
+    def _audit(
+        self,
+        resource: Resource,
+        action: Action,
+        resource_id: object = "",
+        patient_id: int | None = None,
+        *,
+        session: Session | None = None,
+        outcome: str = "allowed",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """The one way a repository writes the audit log: ``<resource>.<action>`` by this actor."""
+        audit.append(session or self.session, actor=self.actor, action=f"{resource}.{action}",
+                     resource=str(resource), resource_id=str(resource_id), patient_id=patient_id,
+                     outcome=outcome, detail=detail)  # fmt: skip
 
     def _get(self, model: type, key: object, what: str) -> Any:
         row = self.session.get(model, key)
@@ -131,6 +146,37 @@ class Records:
         self.session.add(ApiToken(user_id=user.id, token_sha256=hash_token(token), label="initial"))
         self.session.flush()
         return user, token
+
+    def list_users(self) -> list[tuple[User, int, int | None]]:
+        """Every user with their count of live tokens and their patient record id (if any)."""
+        self._authorize(Resource.user, Action.read, "users")
+        live = (
+            select(ApiToken.user_id, func.count().label("n"))
+            .where(ApiToken.revoked_at.is_(None))
+            .group_by(ApiToken.user_id)
+            .subquery()
+        )
+        rows = self.session.execute(
+            select(User, func.coalesce(live.c.n, 0), Patient.id)
+            .outerjoin(live, live.c.user_id == User.id)
+            .outerjoin(Patient, Patient.user_id == User.id)
+            .order_by(User.id)
+        )
+        return [(user, int(tokens), patient_id) for user, tokens, patient_id in rows]
+
+    def revoke_tokens(self, user_id: int) -> int:
+        """Revoke every live token of a user (effective at the next request: tokens are checked each
+        time); the count revoked. The user stays, so their records and audit trail do too."""
+        user = self._get(User, user_id, "user")
+        self._authorize(Resource.user, Action.write, f"user:{user.name}:revoke")
+        now = utcnow()
+        tokens = self.session.scalars(
+            select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+        ).all()
+        for token in tokens:
+            token.revoked_at = now
+        self.session.flush()
+        return len(tokens)
 
     def create_patient(self, display_name: str, user_id: int | None = None) -> Patient:
         self._authorize(Resource.user, Action.write, f"patient:{display_name}")
@@ -176,8 +222,7 @@ class Records:
         elif self.actor.role is Role.patient:
             raise InvalidInput("a patient's consultation belongs to their patient record")
         else:  # a staff conversation about no patient holds no PHI
-            audit.append(self.session, actor=self.actor, action="consultation.write", resource="consultation",
-                         resource_id=consultation_id)  # fmt: skip
+            self._audit(Resource.consultation, Action.write, consultation_id)
         if self.session.get(Consultation, consultation_id) is not None:
             raise InvalidInput(f"consultation {consultation_id} exists already")
         consultation = Consultation(id=consultation_id, patient_id=patient_id, opened_by=self.actor.user_id)
@@ -200,7 +245,7 @@ class Records:
     def add_message(
         self,
         consultation_id: str,
-        author_role: str,
+        author_role: AuthorRole | str,
         content: str,
         *,
         attachments: list[str] | None = None,
@@ -208,11 +253,13 @@ class Records:
     ) -> Message:
         consultation = self._get(Consultation, consultation_id, "consultation")
         self._authorize_consultation(consultation, Action.write)
-        if author_role not in {"patient", "physician", "admin", "assistant"}:
-            raise InvalidInput(f"unknown author role {author_role!r}")
+        try:
+            author_role = AuthorRole(author_role)
+        except ValueError as exc:
+            raise InvalidInput(f"unknown author role {author_role!r}") from exc
         message = Message(
             consultation_id=consultation_id,
-            author_id=self.actor.user_id if author_role != "assistant" else None,
+            author_id=self.actor.user_id if author_role is not AuthorRole.assistant else None,
             author_role=author_role,
             content=_text(content, MAX_TEXT_CHARS, "content"),
             attachments=list(attachments or []),
@@ -261,7 +308,7 @@ class Records:
         if consultations:
             rows = self.session.execute(
                 select(Message.consultation_id, Message.content)
-                .where(Message.consultation_id.in_(consultations), Message.author_role == "patient")
+                .where(Message.consultation_id.in_(consultations), Message.author_role == AuthorRole.patient)
                 .order_by(Message.id)
             )
             said: dict[str, list[str]] = {}
@@ -312,9 +359,8 @@ class Records:
         for physician in physicians:
             note = Notification(user_id=physician, consultation_id=consultation_id, kind=kind, text=text)
             self.session.add(note)
-        audit.append(self.session, actor=self.actor, action="notification.write", resource="notification",
-                     resource_id=consultation_id, patient_id=consultation.patient_id,
-                     detail={"recipients": physicians, "kind": kind})  # fmt: skip
+        self._audit(Resource.notification, Action.write, consultation_id, consultation.patient_id,
+                    detail={"recipients": physicians, "kind": kind})  # fmt: skip
         self.session.flush()
         return physicians
 

@@ -34,6 +34,15 @@ class Role(enum.StrEnum):
     admin = "admin"
 
 
+class AuthorRole(enum.StrEnum):
+    """Who wrote a message: a person in one of the roles, or the assistant (model text)."""
+
+    patient = "patient"
+    physician = "physician"
+    admin = "admin"
+    assistant = "assistant"
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -134,7 +143,7 @@ class Message(Base):
         ForeignKey("consultations.id", ondelete="CASCADE"), index=True
     )
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    author_role: Mapped[str] = mapped_column(String(16))  # patient | physician | admin | assistant
+    author_role: Mapped[str] = mapped_column(String(16))  # an AuthorRole (a plain column: no migration)
     content: Mapped[str] = mapped_column(Text)
     attachments: Mapped[list[str]] = mapped_column(JSON, default=list)  # pixel-store keys
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

@@ -14,6 +14,9 @@ from memory.schema import ApiToken, Role, User, utcnow
 
 BOOTSTRAP_ADMIN = "bootstrap-admin"
 BOOTSTRAP_LABEL = "bootstrap"
+# The actor of `healthagent` commands run from the shell: an admin with no token, so nobody can log in
+# as it, and the audit log tells shell changes apart from API calls.
+CLI_OPERATOR = "cli-operator"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ def authenticate(session: Session, token: str) -> Principal | None:
         return None
     if api_token.revoked_at is not None or user.disabled:
         return None
+    return Principal(user_id=user.id, name=user.name, role=user.role)
+
+
+def cli_operator(session: Session) -> Principal:
+    """The CLI operator's principal, created on first use (a migrated database needs nothing else)."""
+    user = session.scalar(select(User).where(User.name == CLI_OPERATOR))
+    if user is None:
+        user = User(name=CLI_OPERATOR, role=Role.admin, disabled=True)
+        session.add(user)
+        session.flush()
     return Principal(user_id=user.id, name=user.name, role=user.role)
 
 

@@ -23,14 +23,18 @@ from tools.healthgpt import (
 )
 
 
-@serve.deployment(name="HealthGPT", health_check_period_s=15, health_check_timeout_s=60)
+# Each deployment's defaults below are what the embedded profile needs; a Serve config file
+# (configs/serve/*.yaml) overrides them. Nothing else sets replicas, resources or autoscaling.
+@serve.deployment(
+    name="HealthGPT", ray_actor_options={"num_cpus": 1}, health_check_period_s=15, health_check_timeout_s=60
+)
 class HealthGPTDeployment:
     """One replica = one base model with every plugin resident and a batching engine in front of it."""
 
     def __init__(self, settings: dict[str, Any], role: str = "primary") -> None:
         import torch
 
-        from models.engine import Engine, EngineLimits
+        from models.engine import BatchEngine
         from models.healthgpt import HealthGPT
         from models.tiny import resolve_spec
         from tools.healthgpt import InProcessHealthGPT
@@ -42,7 +46,7 @@ class HealthGPTDeployment:
             spec = resolve_spec(config.model_spec, config.model_dir, config.model_seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = HealthGPT(spec, device=device)
-        engine = Engine(model, EngineLimits(**config.engine.model_dump()))
+        engine = BatchEngine(model, config.engine)
         self.client = InProcessHealthGPT(model, engine, timeout_s=config.engine.request_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -99,7 +103,7 @@ class HealthGPTDeployment:
         await asyncio.to_thread(self.client.health)
 
 
-@serve.deployment(name="Specialists")
+@serve.deployment(name="Specialists", ray_actor_options={"num_cpus": 0.5})
 class SpecialistsDeployment:
     """The CPU specialists (triage, intent on all-MiniLM-L6-v2): one copy of the embedding model serves
     every gateway replica."""
@@ -115,7 +119,7 @@ class SpecialistsDeployment:
         return self.specialists.screen(text)
 
 
-@serve.deployment(name="Gateway")
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.5})
 @serve.ingress()
 class Gateway:
     def __init__(
@@ -137,7 +141,7 @@ class Gateway:
         self.services = build_services(config, client, screens)
 
     def __serve_build_asgi_app__(self):
-        from serving.gateway import create_app
+        from serving.api.app import create_app
 
         return create_app(self.services)
 
@@ -147,67 +151,68 @@ class Gateway:
             services.close()
 
 
-def model_deployment_options(settings: Settings, name: str = "HealthGPT") -> dict[str, Any]:
-    """Replica resources, scaling and queue bounds of a HealthGPT deployment, from settings."""
-    ray, engine = settings.ray, settings.engine
-    options: dict[str, Any] = {
-        "name": name,
-        "ray_actor_options": {"num_cpus": ray.model_num_cpus, "num_gpus": ray.model_num_gpus},
-        # Serve may hand a replica as many requests as its engine can batch and queue; beyond that,
-        # requests wait in Serve (bounded) and then get a back-pressure error (503 + Retry-After).
-        "max_ongoing_requests": engine.max_batch + engine.max_queue,
-        "max_queued_requests": ray.model_max_queued_requests,
-    }
-    if ray.model_autoscaling:
-        options["autoscaling_config"] = {
-            "min_replicas": ray.model_min_replicas,
-            "max_replicas": ray.model_max_replicas,
-            "target_ongoing_requests": ray.model_target_ongoing_requests,
-        }
-    else:
-        options["num_replicas"] = ray.model_replicas
+MODEL_DEPLOYMENTS = ("HealthGPT", "HealthGPTEscalation")
+DEPLOYMENTS = (*MODEL_DEPLOYMENTS, "Specialists", "Gateway")
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve" / "local.yaml"
+
+
+def engine_bound(settings: Settings) -> int:
+    """Requests one HealthGPT replica can take at once: its engine's batch rows plus its queue."""
+    return settings.engine.max_batch + settings.engine.max_queue
+
+
+def _options(name: str, settings: Settings, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    options = dict(overrides.get(name, {}))
+    if name == "HealthGPTEscalation" and name not in overrides:
+        options = dict(overrides.get("HealthGPT", {}))  # the cascade's model is placed like the primary
+    if name in MODEL_DEPLOYMENTS:
+        # Serve may hand a replica as many requests as its engine can batch and queue; more would only
+        # meet the engine's 503, so the bound is derived here and a config may only lower it.
+        bound = engine_bound(settings)
+        ongoing = options.setdefault("max_ongoing_requests", bound)
+        if ongoing > bound:
+            raise ValueError(
+                f"deployment {name!r}: max_ongoing_requests {ongoing} exceeds what its engine takes "
+                f"(engine.max_batch {settings.engine.max_batch} + engine.max_queue "
+                f"{settings.engine.max_queue} = {bound})"
+            )
+        options["name"] = name
+    if "autoscaling_config" in options:
+        options.pop("num_replicas", None)
     return options
+
+
+def configured_deployments(
+    settings: Settings, overrides: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Each deployment of the application with its options: the decorator's defaults, then the Serve
+    config file's ``deployments`` entries (``overrides``, by name)."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(DEPLOYMENTS))
+    if unknown:
+        raise ValueError(f"unknown deployment(s) {unknown}; this application has {list(DEPLOYMENTS)}")
+    classes = {
+        "HealthGPT": HealthGPTDeployment,
+        "HealthGPTEscalation": HealthGPTDeployment,
+        "Specialists": SpecialistsDeployment,
+        "Gateway": Gateway,
+    }
+    names = [name for name in DEPLOYMENTS if name != "HealthGPTEscalation" or settings.cascade.enabled]
+    return {name: classes[name].options(**_options(name, settings, overrides)) for name in names}
 
 
 def build_application(settings: Settings, overrides: dict[str, dict[str, Any]] | None = None):
     """The Ray Serve application graph: Gateway -> HealthGPT (-> HealthGPTEscalation with a cascade)
-    and Gateway -> Specialists.
-
-    ``overrides``: per-deployment options from a Serve config file (its ``deployments`` list, by name).
-    """
-    overrides = overrides or {}
+    and Gateway -> Specialists."""
     settings = settings.with_absolute_paths()
     shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})
-
-    def options(name: str, base: dict[str, Any]) -> dict[str, Any]:
-        merged = {**base, **overrides.get(name, {})}
-        if "autoscaling_config" in overrides.get(name, {}):
-            merged.pop("num_replicas", None)
-        return merged
-
-    model = HealthGPTDeployment.options(**options("HealthGPT", model_deployment_options(settings))).bind(
-        shipped
+    deployments = configured_deployments(settings, overrides)
+    model = deployments["HealthGPT"].bind(shipped)
+    escalation = (
+        deployments["HealthGPTEscalation"].bind(shipped, "escalation") if settings.cascade.enabled else None
     )
-    escalation = None
-    if settings.cascade.enabled:
-        name = "HealthGPTEscalation"
-        escalation = HealthGPTDeployment.options(
-            **options(name, model_deployment_options(settings, name))
-        ).bind(shipped, "escalation")
-    specialists = SpecialistsDeployment.options(
-        **options(
-            "Specialists",
-            {
-                "num_replicas": settings.ray.specialists_replicas,
-                "ray_actor_options": {"num_cpus": settings.ray.specialists_num_cpus},
-            },
-        )
-    ).bind()
-    gateway = {
-        "num_replicas": settings.ray.gateway_replicas,
-        "ray_actor_options": {"num_cpus": settings.ray.gateway_num_cpus},
-    }
-    return Gateway.options(**options("Gateway", gateway)).bind(shipped, model, escalation, specialists)
+    specialists = deployments["Specialists"].bind()
+    return deployments["Gateway"].bind(shipped, model, escalation, specialists)
 
 
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:

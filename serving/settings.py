@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,44 +18,30 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from models.limits import EngineLimits
 from tools.healthgpt import CascadeSettings
 
 CONFIG_ENV = "HEALTHAGENT_CONFIG"
 
 
 class RaySettings(BaseModel):
-    """How ``healthagent serve`` reaches Ray."""
+    """How ``healthagent serve`` reaches Ray. Replicas, resources and autoscaling are deployment options:
+    they live only in the Serve config (``configs/serve/*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")  # an old settings file naming replicas fails loudly
 
     address: str | None = Field(
         default=None, description="Ray cluster address; empty starts a local Ray in this process."
     )
-    num_cpus: int | None = Field(default=None, description="CPUs for a local Ray (None = all).")
-    model_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per HealthGPT replica.")
-    model_num_cpus: float = Field(default=1.0, ge=0)
-    model_replicas: int = Field(default=1, ge=1, description="Fixed replica count (when not autoscaling).")
-    model_autoscaling: bool = Field(default=False, description="Scale HealthGPT replicas with the load.")
-    model_min_replicas: int = Field(default=1, ge=0)
-    model_max_replicas: int = Field(default=4, ge=1)
-    model_target_ongoing_requests: float = Field(
-        default=8.0, gt=0, description="Autoscaling target: requests in flight per replica."
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray (None = all).")
+    check_resources: bool = Field(
+        default=True,
+        description="Before deploying, check that every replica fits the cluster's nodes and stop with the "
+        "deployment and the missing resource named. Turn off on clusters whose autoscaler adds nodes.",
     )
-    model_max_queued_requests: int = Field(
-        default=256, ge=-1, description="Requests Serve holds for busy replicas before refusing; -1: no cap."
+    startup_timeout_s: float = Field(
+        default=600.0, gt=0, description="Give up (and say which deployment is not ready) after this long."
     )
-    specialists_num_cpus: float = Field(default=1.0, ge=0, description="CPUs per specialists replica.")
-    specialists_replicas: int = Field(default=1, ge=1)
-    gateway_num_cpus: float = Field(default=0.5, ge=0)
-    gateway_replicas: int = Field(default=1, ge=1)
-
-
-class EngineSettings(BaseModel):
-    """The batching engine of each HealthGPT replica."""
-
-    max_batch: int = Field(default=8, ge=1, description="Rows decoded together.")
-    max_queue: int = Field(default=64, ge=1, description="Requests waiting for a row; beyond it, 503.")
-    max_prompt_tokens: int = Field(default=4096, ge=16)
-    max_new_tokens: int = Field(default=1024, ge=1, description="Cap on generated text tokens.")
-    request_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class RateLimitSettings(BaseModel):
@@ -110,7 +96,7 @@ class Settings(BaseSettings):
     deid_key_file: Path | None = Field(
         default=None, description="Secret for pseudonyms, UIDs and date shifts; empty = data_dir/deid.key."
     )
-    engine: EngineSettings = EngineSettings()
+    engine: EngineLimits = EngineLimits()
     rate_limit: RateLimitSettings = RateLimitSettings()
     pixel_dir: Path | None = Field(
         default=None, description="Content-addressed store of uploaded images; empty = data_dir/pixels."

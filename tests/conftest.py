@@ -7,6 +7,7 @@ HEALTHAGENT_REQUIRE_SERVICES=1 (as .ci/run sets), where a missing or unreachable
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,48 @@ def redis_url() -> str:
     if not url:
         service_unavailable("TEST_REDIS_URL is not set")
     return url
+
+
+# -- a test run never changes the project's files ------------------------------------------------------
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _worktree_state() -> str | None:
+    """Tracked and untracked (not ignored) files with their content hashes; None outside a git checkout."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=_REPO,
+            capture_output=True,
+            check=True,
+        ).stdout.split(b"\0")
+        paths = [p.decode() for p in listed if p and (_REPO / p.decode()).is_file()]
+        hashed = (
+            subprocess.run(
+                ["git", "hash-object", "--stdin-paths"],
+                cwd=_REPO,
+                input="\n".join(paths).encode(),
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return "\n".join(f"{h} {p}" for h, p in zip(hashed, paths, strict=True))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._worktree_before = _worktree_state()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = getattr(session.config, "_worktree_before", None)
+    after = _worktree_state()
+    if before is None or after is None or before == after:
+        return
+    changed = sorted(set(before.splitlines()) ^ set(after.splitlines()))
+    names = sorted({line.split(" ", 1)[1] for line in changed})
+    print(f"\nERROR: the test run changed the project's files: {names[:20]}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

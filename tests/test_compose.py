@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from serving.deployments import load_serve_config
 from serving.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ def test_gateway_config_points_at_compose_services() -> None:
         re.search(r"//([^:/]+)", settings.redis_url).group(1),
     }
     assert hosts <= set(compose["services"])
-    assert settings.ray.model_num_gpus >= 1
+    serve_config = re.search(r"--serve-config (\S+)", command).group(1)
+    _, deployments, _ = load_serve_config(REPO / serve_config)
+    assert deployments["HealthGPT"]["ray_actor_options"]["num_gpus"] >= 1
     head_command = " ".join(compose["services"]["ray-head"]["command"])
     assert f"--port={settings.ray.address.split(':')[1]}" in head_command

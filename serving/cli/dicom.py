@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from serving.cli.common import fail
+
 dicom_app = typer.Typer(help="DICOM files: inspect, decode, de-identify.", no_args_is_help=True)
 
 
@@ -40,8 +42,7 @@ def deid_command(
     from tools.deid import DeidOptions, check_key, deidentify_path, load_or_create_key, read_key_file
 
     if dest.resolve() == source.resolve() or (source.is_dir() and dest.exists() and not dest.is_dir()):
-        typer.secho("OUT must be a new file or folder, not the input itself", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail("OUT must be a new file or folder, not the input itself")
     try:
         if key_file is not None:
             key, origin = read_key_file(key_file), str(key_file)
@@ -52,8 +53,7 @@ def deid_command(
             key, created = load_or_create_key(path)
             origin = f"{path} ({'created now; ' if created else ''}keep it to keep pseudonyms stable)"
     except (OSError, ValueError) as exc:
-        typer.secho(f"key: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+        fail(f"key: {exc}")
     typer.echo(f"key: {origin}")
 
     report = deidentify_path(
@@ -107,14 +107,12 @@ def info_command(
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
             if not files:
-                typer.secho(f"{source}: the folder holds no files", fg=typer.colors.RED, err=True)
-                raise typer.Exit(2)
+                fail(f"{source}: the folder holds no files")
             result = load_series(files, slices=slices)
         else:
             result = load_dicom(source, slices=slices)
     except DicomError as exc:
-        typer.secho(f"{source.name}: {exc.reason}: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+        fail(f"{source.name}: {exc.reason}: {exc}")
 
     written: list[Path] = []
     if png is not None:
@@ -129,8 +127,7 @@ def info_command(
                 image.save(target, format="PNG")
                 written.append(target)
         except OSError as exc:
-            typer.secho(f"--png: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from exc
+            fail(f"--png: {exc}")
 
     fields = result.metadata.model_dump(mode="json")
     if as_json:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from serving.cli.common import fail
+
 model_app = typer.Typer(help="Run a HealthGPT model spec in this process.", no_args_is_help=True)
 
 SpecOption = Annotated[
@@ -20,11 +22,6 @@ PluginOption = Annotated[str, typer.Option("--plugin", help="Plugin name from th
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
 def _load(spec: str, data_dir: Path = Path("var")):
     from models.healthgpt import HealthGPT
     from models.tiny import resolve_spec
@@ -32,7 +29,7 @@ def _load(spec: str, data_dir: Path = Path("var")):
     try:
         return HealthGPT(resolve_spec(spec, data_dir.resolve() / "models"))
     except (FileNotFoundError, ValueError) as exc:
-        raise _fail(f"cannot load model: {exc}") from exc
+        fail(f"cannot load model: {exc}")
 
 
 def _image(path: Path | None):
@@ -42,10 +39,10 @@ def _image(path: Path | None):
 
     try:
         return decode_image(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise _fail(f"image not found: {path}") from exc
+    except FileNotFoundError:
+        fail(f"image not found: {path}")
     except UnsupportedImage as exc:
-        raise _fail(f"{path}: {exc}") from exc
+        fail(f"{path}: {exc}")
 
 
 def _call(spec: str, image: Path | None, run: Callable) -> tuple:
@@ -55,7 +52,7 @@ def _call(spec: str, image: Path | None, run: Callable) -> tuple:
     try:
         return model, run(model, picture)
     except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
 
 
 def _emit(payload: dict, as_json: bool) -> None:
@@ -144,9 +141,9 @@ def vq_decode(
         model = load_vqgan(vqgan)
         decoded = model.decode_indices(values, model.grid)
     except FileNotFoundError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     except (ValueError, json.JSONDecodeError) as exc:
-        raise _fail(f"{indices}: {exc}") from exc
+        fail(f"{indices}: {exc}")
     out.parent.mkdir(parents=True, exist_ok=True)
     to_uint8_image(decoded).save(out)
     typer.echo(str(out))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from serving.cli.common import fail
 from tools.pacs import PacsClient, PacsConfig, PacsError, StudyQuery, is_dicom_uid
 
 pacs_app = typer.Typer(help="The PACS over DICOMweb: search, retrieve, store.", no_args_is_help=True)
@@ -31,22 +32,17 @@ PasswordOption = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
 @contextmanager
 def _pacs(url: str, timeout: float, username: str | None, password: str | None) -> Iterator[PacsClient]:
     try:
         config = PacsConfig(url=url, timeout_s=timeout, username=username, password=password)
     except ValidationError as exc:
-        raise _fail(f"bad PACS settings: {exc}") from exc
+        fail(f"bad PACS settings: {exc}")
     try:
         with PacsClient(config) as client:
             yield client
     except PacsError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
 
 
 def _uid(value: str | None) -> str | None:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from serving.cli.common import fail
+
 
 def intent_command(
     text: Annotated[str, typer.Argument(metavar="TEXT", help="The message to classify.")],
@@ -35,12 +37,10 @@ def qc_command(
     try:
         data = image.read_bytes()
         picture = load_dicom(data).images[0] if is_dicom(data) else decode_upright(data)
-    except FileNotFoundError as exc:
-        typer.secho(f"no such file: {image}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    except FileNotFoundError:
+        fail(f"no such file: {image}")
     except (DicomError, UnsupportedImage) as exc:
-        typer.secho(f"{image.name}: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+        fail(f"{image.name}: {exc}")
     report = check_image(picture)
     if json_out:
         typer.echo(report.model_dump_json())

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from serving.cli.common import fail
+
 if TYPE_CHECKING:
     from tools.triage import TriageResult
 
@@ -60,8 +62,7 @@ def triage_command(
             if message:
                 _show(triage(message), json_out)
     except KnowledgeError as exc:
-        typer.echo(f"error: the triage knowledge base does not load: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"error: the triage knowledge base does not load: {exc}")
 
 
 def kb_check_command(

@@ -1,63 +1,34 @@
-"""``healthagent users …``, ``healthagent audit …`` and ``healthagent db prune``: administration from the
-shell. Each acts as the bootstrap admin, so every change lands in the audit log like an API call."""
+"""``healthagent users …``: users, their tokens and care teams, from the shell — on a migrated database,
+before or while a server runs. Every change is authorised and audited as the CLI operator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated
+import json
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serving.settings import load_settings
+from serving.cli.common import ConfigOption, JsonFlag, fail, operator_records
 
-users_app = typer.Typer(help="Users, patients and care teams.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from memory.records import Records
+
+users_app = typer.Typer(help="Users, their tokens, patients and care teams.", no_args_is_help=True)
 care_team_app = typer.Typer(help="Which physicians may see which patients.", no_args_is_help=True)
 users_app.add_typer(care_team_app, name="care-team")
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Settings YAML.")]
-
-
-@contextmanager
-def _records(config: Path | None) -> Iterator:
-    from sqlalchemy import select
-
-    from memory.db import make_engine, make_session_factory, transaction
-    from memory.migrate import SchemaOutOfDate, require_up_to_date
-    from memory.records import RecordError, Records
-    from memory.schema import User
-    from memory.users import BOOTSTRAP_ADMIN, Principal
-
-    settings = load_settings(config)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        require_up_to_date(engine)
-        with transaction(make_session_factory(engine)) as session:
-            admin = session.scalar(select(User).where(User.name == BOOTSTRAP_ADMIN))
-            if admin is None:
-                raise RecordError(
-                    "no admin yet: start `healthagent serve` once to create the bootstrap admin"
-                )
-            yield Records(session, Principal(admin.id, admin.name, admin.role))
-    except (SchemaOutOfDate, RecordError) as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
+UserArgument = Annotated[str, typer.Argument(metavar="USER", help="User name or id.")]
 
 
-def _user_id(records, name_or_id: str) -> int:
+def _user_id(records: Records, name_or_id: str) -> int:
     from sqlalchemy import select
 
     from memory.records import NotFound
     from memory.schema import User
 
-    query = select(User.id).where(User.id == int(name_or_id)) if name_or_id.isdigit() else None
-    user_id = records.session.scalar(
-        query if query is not None else select(User.id).where(User.name == name_or_id)
-    )
+    column = User.id if name_or_id.isdigit() else User.name
+    key: int | str = int(name_or_id) if name_or_id.isdigit() else name_or_id
+    user_id = records.session.scalar(select(User.id).where(column == key))
     if user_id is None:
         raise NotFound(f"no user {name_or_id!r}")
     return user_id
@@ -69,21 +40,56 @@ def users_add(
     role: Annotated[str, typer.Option("--role", help="patient | physician | admin")],
     config: ConfigOption = None,
 ) -> None:
-    """Create a user and print their API token (shown once). A patient also gets a patient record."""
+    """Create a user and print their API token (shown once). A patient also gets a patient record, whose
+    id is the ``patient_id`` the API takes."""
     from memory.schema import Role
 
     try:
         role_value = Role(role)
     except ValueError as exc:
         raise typer.BadParameter("role must be patient, physician or admin", param_hint="--role") from exc
-    with _records(config) as records:
+    with operator_records(config) as records:
         user, token = records.create_user(name, role_value)
         patient_id = records.create_patient(name, user.id).id if role_value is Role.patient else None
     typer.echo(
-        f"user {user.id} ({role_value}) created" + (f", patient record {patient_id}" if patient_id else "")
+        f"user {user.id} ({role_value}) created" + (f", patient_id {patient_id}" if patient_id else "")
     )
     typer.echo(f"token: {token}")
     typer.echo("  (shown once; only its hash is stored)")
+
+
+@users_app.command("list")
+def users_list(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
+    """Every user: id, name, role, live tokens, patient_id (patients), disabled."""
+    with operator_records(config) as records:
+        rows = [
+            {
+                "id": user.id,
+                "name": user.name,
+                "role": str(user.role),
+                "live_tokens": tokens,
+                "patient_id": patient_id,
+                "disabled": user.disabled,
+            }
+            for user, tokens, patient_id in records.list_users()
+        ]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"{'id':>5}  {'name':<24} {'role':<10} {'tokens':>6}  {'patient_id':>10}  status")
+    for row in rows:
+        status = "disabled" if row["disabled"] else "active"
+        patient = "" if row["patient_id"] is None else str(row["patient_id"])
+        name, role, tokens = row["name"], row["role"], row["live_tokens"]
+        typer.echo(f"{row['id']:>5}  {name:<24} {role:<10} {tokens:>6}  {patient:>10}  {status}")
+
+
+@users_app.command("revoke")
+def users_revoke(user: UserArgument, config: ConfigOption = None) -> None:
+    """Revoke every token of USER, effective at their next request (the user and their records stay)."""
+    with operator_records(config) as records:
+        count = records.revoke_tokens(_user_id(records, user))
+    typer.echo(f"revoked {count} token(s) of {user}")
 
 
 @care_team_app.command("add")
@@ -93,46 +99,9 @@ def care_team_add(
     config: ConfigOption = None,
 ) -> None:
     """Let PHYSICIAN see PATIENT's records."""
-    with _records(config) as records:
+    with operator_records(config) as records:
         patient_record = records.patient_of_user(_user_id(records, patient))
         if patient_record is None:
-            typer.secho(f"{patient!r} has no patient record", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+            fail(f"{patient!r} has no patient record")
         records.add_to_care_team(_user_id(records, physician), patient_record.id)
     typer.echo(f"{physician} now cares for {patient}")
-
-
-@audit_app.command("verify")
-def audit_verify(config: ConfigOption = None) -> None:
-    """Check the whole chain; name the first bad row. Exit 1 when the chain is broken."""
-    with _records(config) as records:
-        result = records.verify_audit()
-    if result.ok:
-        typer.echo(f"audit log intact: {result.checked} rows")
-        return
-    typer.secho(
-        f"audit log BROKEN at row {result.first_bad_seq}: {result.reason}", fg=typer.colors.RED, err=True
-    )
-    raise typer.Exit(1)
-
-
-def prune_command(
-    keep_latest: Annotated[
-        bool, typer.Option("--keep-latest", help="Keep only each thread's latest checkpoint.")
-    ],
-    config: ConfigOption = None,
-) -> None:
-    """Retention: drop old checkpoints of closed consultations."""
-    if not keep_latest:
-        raise typer.BadParameter("the only strategy is --keep-latest", param_hint="--keep-latest")
-    from memory.checkpoints import open_checkpointer
-    from memory.threads import prune_closed
-
-    settings = load_settings(config)
-    checkpointer = open_checkpointer(settings.resolved_checkpoint_url)
-    try:
-        with _records(config) as records:
-            count = prune_closed(records, checkpointer.saver)
-    finally:
-        checkpointer.close()
-    typer.echo(f"pruned {count} closed consultation thread(s) to their latest checkpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -65,3 +66,38 @@ def test_users_care_team_and_audit(config: Path, database_url: str) -> None:
 
 def test_prune_runs(config: Path) -> None:
     assert "pruned 0" in _ok("db", "prune", "--keep-latest", "--config", str(config))
+
+
+def test_the_first_users_come_before_any_server(tmp_path: Path, database_url: str) -> None:
+    """An operator migrates, creates people, lists them and revokes a token — no `serve` ever ran."""
+    config = tmp_path / "fresh.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase_url: '{database_url}'\n")
+    assert "-> 0003" in _ok("db", "upgrade", "--config", str(config))
+    admin = _ok("users", "add", "--name", "first-admin", "--role", "admin", "--config", str(config))
+    token = re.search(r"token: (ha_\S+)", admin).group(1)
+    patient = _ok("users", "add", "--name", "pat", "--role", "patient", "--config", str(config))
+    patient_id = int(re.search(r"patient_id (\d+)", patient).group(1))
+
+    listed = {row["name"]: row for row in json.loads(_ok("users", "list", "--json", "--config", str(config)))}
+    assert listed["first-admin"]["role"] == "admin" and listed["first-admin"]["live_tokens"] == 1
+    assert listed["pat"]["patient_id"] == patient_id
+    assert listed["cli-operator"]["disabled"], "the CLI's own actor can never log in"
+
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        assert authenticate(session, token).name == "first-admin"
+    assert "revoked 1 token(s)" in _ok("users", "revoke", "first-admin", "--config", str(config))
+    with sessions() as session:
+        assert authenticate(session, token) is None, "revocation is effective at the next request"
+        actions = session.execute(
+            text(
+                "SELECT a.action, u.name FROM audit_log a JOIN users u ON u.id = a.actor_id "
+                "WHERE a.action LIKE 'user.%' ORDER BY a.seq"
+            )
+        ).all()
+    engine.dispose()
+    assert actions and {name for _, name in actions} == {"cli-operator"}
+    assert "user.write" in {action for action, _ in actions} and "user.read" in {a for a, _ in actions}
+    missing = runner.invoke(app, ["users", "revoke", "nobody", "--config", str(config)])
+    assert missing.exit_code == 2 and "no user 'nobody'" in missing.output

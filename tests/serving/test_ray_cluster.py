@@ -34,15 +34,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_replicas_land_on_the_gpu_worker_node(cluster) -> None:
-    from serving.deployments import HealthGPTDeployment, model_deployment_options
+    from serving.deployments import configured_deployments
 
     data_dir, _, worker = cluster
-    settings = Settings(data_dir=data_dir, ray={"model_num_cpus": 0.5, "model_replicas": 2})
-    options = model_deployment_options(settings)
+    settings = Settings(data_dir=data_dir)
     # What configs/serve/cluster.yaml asks of a HealthGPT replica: a GPU worker (here the custom resource).
-    options["ray_actor_options"] = {**options["ray_actor_options"], "resources": {"gpu_worker": 1}}
+    placed = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "resources": {"gpu_worker": 1}}}
+    deployment = configured_deployments(settings, {"HealthGPT": placed})["HealthGPT"]
     shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})
-    handle = serve.run(HealthGPTDeployment.options(**options).bind(shipped), name="placed", route_prefix=None)
+    handle = serve.run(deployment.bind(shipped), name="placed", route_prefix=None)
 
     replicas = [
         a["name"]

@@ -26,15 +26,15 @@ def _settings(data_dir: Path, **overrides) -> Settings:
     return Settings(
         data_dir=data_dir,
         engine={"max_batch": 4, "max_queue": 16},
-        ray={"model_num_cpus": 0.5, "model_replicas": 2},
         **overrides,
     )
 
 
 def _deploy(settings: Settings, user_config: dict | None = None, name: str = "models", **options):
-    from serving.deployments import HealthGPTDeployment, model_deployment_options
+    from serving.deployments import configured_deployments
 
-    deployment = HealthGPTDeployment.options(**{**model_deployment_options(settings), **options})
+    placed = {"HealthGPT": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, **options}}
+    deployment = configured_deployments(settings, placed)["HealthGPT"]
     if user_config is not None:
         deployment = deployment.options(user_config=user_config)
     shipped = settings.model_dump(mode="json", exclude={"bootstrap_token"})

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.deployments import build_application, load_serve_config
-from serving.settings import load_settings
+from serving.deployments import build_application, configured_deployments, load_serve_config
+from serving.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,3 +47,29 @@ def test_a_foreign_application_is_refused(tmp_path: Path) -> None:
     bad.write_text("applications:\n  - name: x\n    route_prefix: /\n    import_path: other.module:app\n")
     with pytest.raises(ValueError, match="import_path"):
         load_serve_config(bad)
+
+
+def test_the_engine_bounds_what_serve_hands_a_model_replica() -> None:
+    settings = Settings(engine={"max_batch": 4, "max_queue": 12})
+    deployments = configured_deployments(settings, {"HealthGPT": {"num_replicas": 2}})
+    assert deployments["HealthGPT"].max_ongoing_requests == 16  # derived, not hand-written
+    assert (
+        configured_deployments(settings, {"HealthGPT": {"max_ongoing_requests": 8}})[
+            "HealthGPT"
+        ].max_ongoing_requests
+        == 8
+    )
+    with pytest.raises(ValueError, match=r"max_ongoing_requests 72 exceeds .* = 16"):
+        configured_deployments(settings, {"HealthGPT": {"max_ongoing_requests": 72}})
+
+
+def test_an_unknown_deployment_name_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown deployment\(s\) \['HealthGTP'\]"):
+        configured_deployments(Settings(), {"HealthGTP": {"num_replicas": 1}})
+
+
+def test_the_cascade_model_is_placed_like_the_primary_unless_named() -> None:
+    settings = Settings(cascade={"enabled": True}, escalation_model_spec="tiny")
+    placed = {"HealthGPT": {"ray_actor_options": {"num_cpus": 2, "num_gpus": 1}}}
+    deployments = configured_deployments(settings, placed)
+    assert deployments["HealthGPTEscalation"].ray_actor_options["num_gpus"] == 1

@@ -25,13 +25,13 @@ def test_local_profile_is_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("port: 9000\nmax_new_tokens: 5\nray:\n  model_replicas: 2\n")
+    config.write_text("port: 9000\nmax_new_tokens: 5\nray:\n  startup_timeout_s: 30\n")
     monkeypatch.setenv("HEALTHAGENT_PORT", "9100")
     monkeypatch.setenv("HEALTHAGENT_RAY__NUM_CPUS", "3")
     settings = load_settings(config)
     assert settings.port == 9100  # env beats file
     assert settings.max_new_tokens == 5  # file beats default
-    assert settings.ray.model_replicas == 2 and settings.ray.num_cpus == 3
+    assert settings.ray.startup_timeout_s == 30 and settings.ray.num_cpus == 3
     assert load_settings(config, port=9200).port == 9200  # explicit beats env
 
 
@@ -65,3 +65,9 @@ def test_the_cascade_needs_a_second_model() -> None:
         Settings(cascade={"enabled": True})
     settings = Settings(cascade={"enabled": True, "min_mean_logprob": -0.8}, escalation_model_spec="tiny")
     assert settings.cascade.min_mean_logprob == -0.8 and settings.escalation_model_seed == 1
+
+
+def test_deployment_options_are_not_settings() -> None:
+    """Replicas and resources live only in the Serve config: a settings file naming them is refused."""
+    with pytest.raises(ValueError, match="model_replicas"):
+        Settings(ray={"model_replicas": 2})

@@ -28,7 +28,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
-from serving.dicom_cli import dicom_app
+from serving.cli.dicom import dicom_app
 from tools.deid import (
     DUMMY_DA,
     DUMMY_DT,

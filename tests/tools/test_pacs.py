@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from serving.pacs_cli import pacs_app
+from serving.cli.pacs import pacs_app
 from tools.fhir import ReadProvenance, ReadReport, Signer
 from tools.pacs import (
     BASIC_TEXT_SR,

@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from serving.triage_cli import kb_check_command, triage_command
+from serving.cli.triage import kb_check_command, triage_command
 from tools import triage
 
 

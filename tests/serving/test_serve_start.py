@@ -1,0 +1,62 @@
+"""`healthagent serve` never waits silently: a deployment that cannot fit is named in seconds, and a signal
+stops it at any moment of start-up. Run as a user runs it: a subprocess, real Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+HEALTHAGENT = str(Path(sys.executable).with_name("healthagent"))
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "HEALTHAGENT_DATA_DIR": str(data_dir), "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def test_replicas_that_do_not_fit_stop_start_up_with_the_cause(tmp_path: Path) -> None:
+    """The README's plain `healthagent serve` (no --serve-config) on a one-CPU Ray: the local config's
+    replicas need two, so it exits 2 naming the deployment and the resource instead of waiting."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [HEALTHAGENT, "serve", "--port", "0"],
+        cwd=tmp_path,  # not the project: the default Serve config is found all the same
+        env=_env(tmp_path, HEALTHAGENT_RAY__NUM_CPUS="1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "does not fit" in result.stderr and "CPU" in result.stderr
+    assert any(name in result.stderr for name in ("'Specialists'", "'Gateway'", "'HealthGPT'"))
+    assert time.monotonic() - started < 120
+
+
+def test_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [HEALTHAGENT, "serve", "--port", "0"],
+            cwd=REPO,
+            env=_env(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(6)  # inside start-up: database, model, Ray starting or deploying
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            pytest.fail(f"SIGTERM did not stop start-up:\n{log_path.read_text()[-3000:]}")
+    assert "SIGTERM: shutting down" in log_path.read_text()
