@@ -50,6 +50,17 @@ def _settings_path(value: str | None, serve_config: Path) -> Path | None:
     return PROJECT / path if (PROJECT / path).exists() else path
 
 
+def _keys(path: str | Path | None) -> set[str]:
+    """The top-level keys a settings file sets (none when it is missing: loading it will say so)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) if path else None
+    except (OSError, yaml.YAMLError):
+        return set()
+    return set(loaded) if isinstance(loaded, dict) else set()
+
+
 def _read_serve_config(
     serve_config: Path, config: Path | None, host: str | None, port: int | None
 ) -> tuple[Settings, dict[str, dict[str, Any]]]:
@@ -60,13 +71,18 @@ def _read_serve_config(
     except (OSError, ValueError) as exc:
         fail(f"serve config {serve_config}: {exc}")
     named = args.pop("config", None)
-    # Where the listening address comes from, first found: --host/--port, HEALTHAGENT_HOST/PORT, the
-    # Serve config's http_options, the settings file.
-    if host is None and "HEALTHAGENT_HOST" not in os.environ:
+    # The settings file, first found: --config, $HEALTHAGENT_CONFIG, the Serve config's ``config``.
+    from serving.settings import CONFIG_ENV
+
+    config = config or (None if os.environ.get(CONFIG_ENV) else _settings_path(named, serve_config))
+    # The listening address, first found: --host/--port, HEALTHAGENT_HOST/PORT, the settings file, the
+    # Serve config's http_options.
+    in_file = _keys(config or os.environ.get(CONFIG_ENV))
+    if host is None and "HEALTHAGENT_HOST" not in os.environ and "host" not in in_file:
         host = http.get("host")
-    if port is None and "HEALTHAGENT_PORT" not in os.environ:
+    if port is None and "HEALTHAGENT_PORT" not in os.environ and "port" not in in_file:
         port = http.get("port")
-    settings = load(config or _settings_path(named, serve_config), host=host, port=port, **args)
+    settings = load(config, host=host, port=port, **args)
     return settings, overrides
 
 

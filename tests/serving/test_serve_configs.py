@@ -14,7 +14,7 @@ from serving.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "local-gpu.yaml", "cluster.yaml"])
 def test_serve_configs_build_the_application(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     args, deployments, http = load_serve_config(REPO / "configs" / "serve" / name)
@@ -73,3 +73,27 @@ def test_the_cascade_model_is_placed_like_the_primary_unless_named() -> None:
     placed = {"HealthGPT": {"ray_actor_options": {"num_cpus": 2, "num_gpus": 1}}}
     deployments = configured_deployments(settings, placed)
     assert deployments["HealthGPTEscalation"].ray_actor_options["num_gpus"] == 1
+
+
+def test_serve_takes_the_settings_file_from_the_flag_then_the_environment_then_the_serve_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.cli.serve import DEFAULT_SERVE_CONFIG, _read_serve_config
+
+    monkeypatch.chdir(tmp_path)  # not the project: the Serve config's relative `config` is still found
+    for key in ("HEALTHAGENT_CONFIG", "HEALTHAGENT_HOST", "HEALTHAGENT_PORT", "HEALTHAGENT_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    settings, overrides = _read_serve_config(DEFAULT_SERVE_CONFIG, None, None, None)
+    assert settings.profile == "embedded" and settings.port == 8000 and "HealthGPT" in overrides
+    from_env = tmp_path / "env.yaml"
+    from_env.write_text(f"data_dir: {tmp_path / 'env'}\nport: 8100\n")
+    monkeypatch.setenv("HEALTHAGENT_CONFIG", str(from_env))
+    settings, _ = _read_serve_config(DEFAULT_SERVE_CONFIG, None, None, None)
+    assert settings.data_dir == tmp_path / "env"
+    assert settings.port == 8100, "a port the settings file names beats the Serve config's http_options"
+    monkeypatch.setenv("HEALTHAGENT_PORT", "8200")
+    assert _read_serve_config(DEFAULT_SERVE_CONFIG, None, None, None)[0].port == 8200
+    flag = tmp_path / "flag.yaml"
+    flag.write_text(f"data_dir: {tmp_path / 'flag'}\n")
+    settings, _ = _read_serve_config(DEFAULT_SERVE_CONFIG, flag, None, 8300)
+    assert settings.data_dir == tmp_path / "flag" and settings.port == 8300
