@@ -241,4 +241,9 @@ def serve_command(
                 time.sleep(3600)
     except Stopped as stop:
         typer.echo(f"{stop}: shutting down ...")
+    except SystemExit as leaving:
+        # While ray.init runs, Ray's own driver handler turns SIGTERM into SystemExit(15).
+        if leaving.code != signal.SIGTERM:
+            raise
+        typer.echo("SIGTERM: shutting down ...")
     typer.echo("stopped")
