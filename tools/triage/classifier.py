@@ -10,7 +10,8 @@ training set's sha256, which a test compares, so the weights never drift from th
 
 Its probability of an emergency is reported on every result (``second_opinion``); it **raises** a
 message to emergency only when the rules left it below and the probability reaches :data:`RAISE_AT`
-(picked on the dev set with ``python -m bench.triage --sweep``). It never lowers what the rules decided.
+(picked on the dev set with ``python -m bench.triage --sweep``). It never lowers what the rules decided;
+where the rules found a same-day condition of an emergency category, the raised answer keeps that category.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tools import embeddings
 from tools.triage.knowledge import KB_DIR
+from tools.triage.levels import EMERGENCY_CATEGORIES
 from tools.triage.text import language_of
 
 # Picked on the dev set by ``python -m bench.triage --sweep`` with the rule fixed there (the lowest
@@ -214,6 +216,10 @@ def review(text: str, result):
     probability, category = found
     update: dict[str, object] = {"second_opinion": round(probability, 4)}
     if result.level != "emergency" and probability >= RAISE_AT[language_of(text)] and category is not None:
+        # Where the rules already found a same-day condition of an emergency category, that condition
+        # says *what* it is (its discriminators matched); the second opinion only says *how urgent*.
+        if result.level == "urgent" and result.category in EMERGENCY_CATEGORIES:
+            category = result.category
         update |= {
             "red_flag": True,
             "level": "emergency",

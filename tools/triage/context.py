@@ -107,8 +107,12 @@ def _chronic(sentence: str, lang: str) -> bool:
 
 
 _CONTRAST = {
-    "en": re.compile(r"\b(?:but|however|although|though|whereas|except|this time|today|tonight|now)\b"),
-    "zh": re.compile(r"但是|但|可是|不过|然而|这次|今天|今晚|现在"),
+    "en": re.compile(
+        r"\b(?:but|however|although|though|whereas|except|this time|today|tonight|now|suddenly|this morning"
+        r"|since (?:yesterday|last night|this morning))\b"
+    ),
+    # A fresh time anchor starts a new episode too: "腰疼好多年了，这两天两条腿都麻".
+    "zh": re.compile(r"但是|但|可是|不过|然而|这次|今天|今晚|现在|这两天|这几天|刚才|刚刚|昨天|昨晚|突然"),
 }
 
 

@@ -321,6 +321,30 @@ class KnowledgeBase:
 
         return Lexicon([p for f in self.findings.values() for p in f.finding.en])
 
+    @cached_property
+    def spread(self) -> dict[str, int]:
+        """In how many conditions' emergency or urgent lines each finding (or number) is named: a
+        finding few conditions name (a bulging fontanelle) tells more about *which* condition it is than
+        one many name (confusion)."""
+        named: dict[str, set[str]] = {}
+        for compiled in self.conditions:
+            for level in ("emergency", "urgent"):
+                for line in compiled.lines[level]:
+                    for key in line_keys(line):
+                        named.setdefault(key, set()).add(compiled.condition.id)
+        return {key: len(ids) for key, ids in named.items()}
+
+
+def line_keys(line: Line) -> list[str]:
+    """What a line's terms name: finding ids, and the measure of each number."""
+    keys: list[str] = []
+    for term in line.terms:
+        if isinstance(term, AnyOf):
+            keys.extend(term.findings)
+        else:
+            keys.append(term.finding or term.measure)
+    return keys
+
 
 # libyaml's loader where PyYAML was built with it: the knowledge base is about a megabyte of YAML.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

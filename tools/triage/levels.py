@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tools.triage.knowledge import LEVELS, Level
 
-__all__ = ["ADVICE", "CATEGORIES", "CATEGORIES_ZH", "LEVELS", "Level"]
+__all__ = ["ADVICE", "CATEGORIES", "CATEGORIES_ZH", "EMERGENCY_CATEGORIES", "LEVELS", "Level"]
 
 # Categories a condition belongs to: the first block can be emergencies, the second only same-day care.
 CATEGORIES: dict[str, str] = {
@@ -42,6 +42,8 @@ CATEGORIES: dict[str, str] = {
     "urinary": "urinary problem",
     "other": "other problem",
 }
+# The categories an emergency can have (the first block above); the rest are same-day care only.
+EMERGENCY_CATEGORIES: frozenset[str] = frozenset(list(CATEGORIES)[: list(CATEGORIES).index("infection")])
 
 CATEGORIES_ZH: dict[str, str] = {
     "cardiac": "疑似心脏病发作或其他心脏急症",

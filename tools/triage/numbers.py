@@ -63,7 +63,7 @@ _EN_UNIT_MIN = {"sec": 1 / 60, "second": 1 / 60, "min": 1, "minute": 1, "hour": 
                 "day": 1440, "night": 1440, "week": 10080, "wk": 10080, "month": 43800, "year": 525600,
                 "yr": 525600}  # fmt: skip
 _EN_DURATION = re.compile(
-    rf"(?<![\w.])(?P<n>{EN_NUM})(?:\s*(?:or|-|to)\s*{EN_NUM})?\s*\+?\s*(?P<unit>sec(?:ond)?s?|min(?:ute)?s?|h(?:ou)?rs?|h|hours?"
+    rf"(?<![\w.])(?P<n>{EN_NUM})(?:\s*(?:or|-|to)\s*{EN_NUM})?(?P<half>\s+and\s+a\s+half)?\s*\+?\s*(?P<unit>sec(?:ond)?s?|min(?:ute)?s?|h(?:ou)?rs?|h|hours?"
     r"|days?|nights?|w(?:ee)?ks?|months?|y(?:ea)?rs?)\b(?![\s-]*old|\s+ago|\s+back\b|\s+before|\s+pregnant|\s+gestation|\s+along)"
 )
 _EN_FUZZY_DURATION = {
@@ -91,6 +91,8 @@ def durations(sentence: str) -> list[float]:
     found: list[float] = []
     for match in _EN_DURATION.finditer(sentence):
         amount = number(match["n"])
+        if amount is not None and match["half"]:
+            amount += 0.5  # "four and a half hours"
         unit = match["unit"].rstrip("s")
         key = next((k for k in sorted(_EN_UNIT_MIN, key=len, reverse=True) if unit.startswith(k)), None)
         if amount is not None and key is not None:
@@ -145,7 +147,7 @@ _PEOPLE = (
     r"|grandad|granddad|grandfather|grandpa|nan|nana|gran|granny|baby|brother|sister|friend|boy|girl|child"
     r"|kid|toddler|aunt|uncle|neighbour|neighbor|patient|fiance|fiancee|roommate|flatmate|colleague"
 )
-_NOT_AN_AGE = r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|cm|mins?|minutes|hours?))"
+_NOT_AN_AGE = r"(?!\s*(?:weeks?|wks?|months?|days?|kg|lbs?|pounds|%|/|\.\d|\+\d|cm|mins?|minutes|hours?))"
 _AGE_EN = [
     (re.compile(rf"(?<![\w.])(?P<n>{EN_NUM})[\s-]*(?:years?|yrs?|y)[\s-]*old\b"
                 r"|(?<![\w.])(?P<n2>\d+)\s*(?:yo|y/o|y\.o\.)(?!\w)"), 12.0),
@@ -163,7 +165,7 @@ _AGE_EN = [
     (re.compile(rf"\b(?:{_PEOPLE}),?\s+(?:is|was|aged|who\s+is|turned)\s+(?P<n>\d{{1,3}})\b"
                 + _NOT_AN_AGE), 12.0),
 ]  # fmt: skip
-_ZH_ONLY = r"(?:才|刚|只有|刚刚|出生)?"
+_ZH_ONLY = r"(?:刚刚满|刚满|才满|才|刚刚|刚|只有|出生|满)?"
 _ZH_CHILD = r"(?:宝宝|婴儿|孩子|娃|小孩|儿子|女儿)"
 _AGE_ZH = [
     (re.compile(rf"(?P<n>{ZH_NUM})\s*(?:周岁|岁)"), 12.0),
@@ -203,8 +205,11 @@ _PREG_WEEKS = [
     re.compile(r"(?<![\w.])(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\s*"
                r"(?:pregnant|gestation|along|gone|into (?:my|the) pregnancy)"),
     re.compile(r"\b(?:pregnant|pregnancy)\b.{0,30}?\b(?:at\s+)?(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\b"),
-    re.compile(r"\b(?:i'm|i am|she's|she is|at)\s+(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\b(?!\s*old)"),
+    re.compile(r"(?:^\W*|\b(?:i'm|i am|she's|she is|at)\s+)(?P<n>\d{1,2})(?:\+\d)?\s*(?:weeks?|wks?)\b"
+               r"(?!\s*(?:old|ago))"),
     re.compile(rf"(?:怀孕|孕|妊娠)\s*(?:第)?(?P<n>{ZH_NUM})\s*(?:周|个?星期)"),
+    # The obstetric notation weeks+days ("37+2", "孕36+5"): nothing else is written this way.
+    re.compile(r"(?<![A-Za-z0-9_.+/])(?P<n>[1-4]\d)\s?\+\s?[0-6](?![\d.%/])(?!\s*(?:years?|yrs?|y/o|岁))"),
 ]  # fmt: skip
 _PREG_MONTHS = re.compile(rf"(?:怀孕|孕|妊娠)\s*(?P<n>{ZH_NUM})\s*个?月|(?P<n2>\d)\s*months?\s*pregnant")
 

@@ -144,6 +144,7 @@ class Match:
     evidence: tuple[Occurrence, ...]
     explained_by: Line | None = None
     numbers: tuple[str, ...] = ()
+    distinctiveness: float = 0.0
 
     @property
     def specificity(self) -> int:
@@ -174,26 +175,50 @@ def _line_holds(line: Line, extraction: Extraction, level: str) -> tuple[bool, l
     return True, evidence, quoted
 
 
-def score_condition(compiled: CompiledCondition, extraction: Extraction) -> Match | None:
+def _distinctiveness(line: Line, evidence: list[Occurrence], spread: dict[str, int] | None) -> float:
+    """How much the matched terms say about *this* condition: each term counts 1 / the number of
+    conditions whose lines name what it matched (the matched finding; a number's measure)."""
+    if spread is None:
+        return float(len(line.terms))
+    total, found = 0.0, iter(evidence)
+    for term in line.terms:
+        key = next(found).finding if isinstance(term, AnyOf) else (term.finding or term.measure)
+        total += 1.0 / max(1, spread.get(key, 1))
+    return total
+
+
+def score_condition(
+    compiled: CompiledCondition, extraction: Extraction, spread: dict[str, int] | None = None
+) -> Match | None:
     for level in reversed(LEVELS):
         for line in compiled.lines[level]:
             holds, evidence, quoted = _line_holds(line, extraction, level)
             if not holds:
                 continue
+            weight = _distinctiveness(line, evidence, spread)
             for explanation in compiled.explained_by:
                 explained, _, _ = _line_holds(explanation, extraction, level)
                 if explained:
                     lowered = LEVELS[max(0, LEVELS.index(level) - 1)]
-                    return Match(compiled, lowered, line, tuple(evidence), explanation, tuple(quoted))
-            return Match(compiled, level, line, tuple(evidence), None, tuple(quoted))
+                    return Match(compiled, lowered, line, tuple(evidence), explanation, tuple(quoted), weight)
+            return Match(compiled, level, line, tuple(evidence), None, tuple(quoted), weight)
     return None
 
 
 def score(kb: KnowledgeBase, extraction: Extraction) -> list[Match]:
-    """Every condition that fires, most urgent first (then the more specific line, then KB order)."""
-    matches = [m for m in (score_condition(c, extraction) for c in kb.conditions) if m is not None]
+    """Every condition that fires, most urgent first; among equals the match whose discriminators are the
+    most distinctive (findings few conditions name), then the line with more terms, then KB order."""
+    spread = kb.spread
+    matches = [m for m in (score_condition(c, extraction, spread) for c in kb.conditions) if m is not None]
     order = {c.condition.id: i for i, c in enumerate(kb.conditions)}
-    matches.sort(key=lambda m: (-LEVELS.index(m.level), -m.specificity, order[m.condition.condition.id]))
+    matches.sort(
+        key=lambda m: (
+            -LEVELS.index(m.level),
+            -round(m.distinctiveness, 6),
+            -m.specificity,
+            order[m.condition.condition.id],
+        )
+    )
     return matches
 
 
