@@ -1,14 +1,14 @@
-"""Red-flag triage figures: the frozen evaluation set (first-sight figures, aggregates only) and the dev set.
+"""Red-flag triage figures: a frozen evaluation set (first-sight figures, aggregates only) and the dev sets.
 
-    .venv/bin/python -m bench.triage            # score both, write bench/results/triage-eval.json
+    .venv/bin/python -m bench.triage [--frozen v2]   # score them, write bench/results/triage-eval.json
     .venv/bin/python -m bench.triage --dev-misses   # also list the DEV set's misses and false alarms
     .venv/bin/python -m bench.triage --sweep    # the classifier's raise threshold on DEV (not the frozen set)
 
-The frozen set (``bench/data/triage-frozen-v1.jsonl``) is checked against its recorded sha256 before it is
-scored, and its messages are never printed: only counts, rates and 95% Wilson intervals, per language, age
-group and level. Figures: emergency recall, false-alarm rate (a non-emergency called an emergency), category
-accuracy on the caught emergencies, exact level accuracy, each for the rules alone and with the learned
-second opinion, and the time per message on this machine.
+A frozen set (``bench/data/triage-frozen-v*.jsonl``, v2 by default) is checked against its recorded sha256
+before it is scored, and its messages are never printed: only counts, rates and 95% Wilson intervals, per
+language, age group and level. Figures: emergency recall, false-alarm rate (a non-emergency called an
+emergency), category accuracy on the caught emergencies, exact level accuracy, each for the rules alone and
+with the learned second opinion, and the time per message on this machine.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FROZEN = ROOT / "bench" / "data" / "triage-frozen-v1.jsonl"
-FROZEN_SHA = FROZEN.with_suffix(".jsonl.sha256")
-DEV = ROOT / "bench" / "data" / "triage-dev.jsonl"
-# A second dev set of realistic multi-sentence messages with levels, written after the first sight (tuned on).
-DEV2 = ROOT / "bench" / "data" / "triage-dev2.jsonl"
+DATA = ROOT / "bench" / "data"
+# v1 was scored three times; v2 (frozen before the next knowledge-base round) is the set for first sight.
+FROZEN_SETS = {"v1": DATA / "triage-frozen-v1.jsonl", "v2": DATA / "triage-frozen-v2.jsonl"}
+FROZEN = FROZEN_SETS["v2"]
+DEV = DATA / "triage-dev.jsonl"
+# Later dev sets: realistic multi-sentence messages with levels, each written by an author who saw neither
+# the rules nor the frozen sets (tuned on).
+LEVELLED_DEV_SETS = ("triage-dev2.jsonl", "triage-dev3.jsonl", "triage-dev4.jsonl")
 RESULTS = ROOT / "bench" / "results" / "triage-eval.json"
 
 
@@ -39,12 +42,12 @@ class FrozenSetChanged(RuntimeError):
     pass
 
 
-def frozen_rows() -> list[dict[str, Any]]:
-    data = FROZEN.read_bytes()
-    recorded = FROZEN_SHA.read_text().split()[0]
+def frozen_rows(path: Path = FROZEN) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    recorded = path.with_suffix(".jsonl.sha256").read_text().split()[0]
     actual = hashlib.sha256(data).hexdigest()
     if actual != recorded:
-        raise FrozenSetChanged(f"{FROZEN.name} has sha256 {actual}, the recorded one is {recorded}")
+        raise FrozenSetChanged(f"{path.name} has sha256 {actual}, the recorded one is {recorded}")
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
@@ -190,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "--dev-misses", action="store_true", help="list the dev set's misses and false alarms"
     )
     parser.add_argument("--sweep", action="store_true", help="the classifier threshold table on dev")
+    parser.add_argument("--frozen", choices=sorted(FROZEN_SETS), default="v2", help="which frozen set")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    frozen_path = FROZEN_SETS[args.frozen]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(sweep(dev), indent=1))
         return 0
     kb = knowledge_base()
-    frozen = frozen_rows()
+    frozen = frozen_rows(frozen_path)
     texts = [row["text"] for row in frozen]
     # Warm-up (pattern compilation, the spaCy pipeline, the embedding model, the classifier's training)
     # outside the timed loop, on dev text only.
@@ -217,15 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     embeddings.prefetch(texts)
     _, shared_time = timed(triage.triage, texts)
     dev_results = [triage.triage(row["text"]) for row in dev]
-    dev2 = [json.loads(line) for line in DEV2.read_text("utf-8").splitlines() if line.strip()]
-    dev2_results = [triage.triage(row["text"]) for row in dev2]
+    levelled: dict[str, Any] = {}
+    for name in LEVELLED_DEV_SETS:
+        if (DATA / name).is_file():
+            lines = (DATA / name).read_text("utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+            levelled[name.removeprefix("triage-").removesuffix(".jsonl")] = breakdown(
+                rows, [triage.triage(row["text"]) for row in rows]
+            )
 
     emergency_conditions = sum(1 for c in kb.conditions if c.lines["emergency"])
     report = {
         "benchmark": "red-flag triage on the frozen evaluation set (first sight) and the dev set",
         "frozen_set": {
-            "file": str(FROZEN.relative_to(ROOT)),
-            "sha256": FROZEN_SHA.read_text().split()[0],
+            "file": str(frozen_path.relative_to(ROOT)),
+            "sha256": frozen_path.with_suffix(".jsonl.sha256").read_text().split()[0],
             "n": len(frozen),
         },
         "knowledge_base": {
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
         "dev": dev_figures(dev, dev_results),
-        "dev2": breakdown(dev2, dev2_results),
+        **levelled,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -292,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print("classifier added:", report["classifier_added"])
     print("latency:", report["latency_per_message"])
     print("dev:", json.dumps(report["dev"]))
-    print("  " + line("dev2 (levels)", report["dev2"]["all"]))
+    for name in levelled:
+        print("  " + line(f"{name} (levels)", report[name]["all"]))
     if args.dev_misses:
         for row, r in zip(dev, dev_results, strict=True):
             if row["emergency"] and not r.red_flag:
