@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from models.healthgpt import HealthGPT
-from models.spec import PluginSpec
+from models.spec import ModelSpec, PluginSpec
 from models.weights import OFFICIAL_PREFIX, write_state_dict
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -69,3 +69,19 @@ def adapter_plugin_spec(adapter_dir: Path) -> tuple[PluginSpec, dict]:
         vision_layer=metadata["vision_layer"],
     )
     return spec, metadata
+
+
+def with_adapter(spec: ModelSpec, plugin: str, adapter_dir: Path) -> ModelSpec:
+    """``spec`` with ``plugin`` served by the adapter in ``adapter_dir``, whose version it then reports."""
+    if plugin not in spec.plugins:
+        raise ValueError(f"unknown plugin {plugin!r}; this model has {sorted(spec.plugins)}")
+    plugin_spec, metadata = adapter_plugin_spec(adapter_dir)
+    if metadata["task"] != spec.plugins[plugin].task:
+        raise ValueError(
+            f"{adapter_dir} is a {metadata['task']} adapter; plugin {plugin!r} is {spec.plugins[plugin].task}"
+        )
+    if metadata.get("base_model") != spec.name:
+        raise ValueError(f"{adapter_dir} was trained on {metadata.get('base_model')!r}, not {spec.name!r}")
+    return spec.model_copy(
+        update={"plugins": {**spec.plugins, plugin: plugin_spec}, "adapter_version": metadata["version"]}
+    )

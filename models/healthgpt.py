@@ -528,12 +528,8 @@ class HealthGPT:
         """Logits ``[1, length, vocab]`` over prompt + answer + the template's end separator, with the
         answer's token ids and their positions in the embedded sequence."""
         self._check(plugin, 1)
-        prompt = self.prompt_for(question, image is not None, plugin)
-        prompt_ids = self.input_ids(prompt)
-        full_ids = self.input_ids(prompt + answer + self.template.sep)
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError("the answer changes how the prompt tokenizes; cannot score it")
-        answer_ids = full_ids[len(prompt_ids) :]
+        full_ids, answer_length = self.example_ids(question, answer, image is not None, plugin)
+        answer_ids = full_ids[len(full_ids) - answer_length :]
         features = self.image_features(image, plugin) if image is not None else None
         embeds = self._prompt_embeddings(full_ids, features, plugin).unsqueeze(0)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
@@ -541,6 +537,80 @@ class HealthGPT:
         logits = self.forward(embeds, mask, [plugin], None, positions)
         first = embeds.shape[1] - len(answer_ids)
         return logits, answer_ids, list(range(first, embeds.shape[1]))
+
+    def example_ids(self, question: str, answer: str, has_image: bool, plugin: str) -> tuple[list[int], int]:
+        """Ids of prompt + answer + the template's end separator (one ``IMAGE_TOKEN_INDEX`` where the image
+        goes), and how many of the last ids are the answer's: what teacher forcing scores and trains."""
+        prompt = self.prompt_for(question, has_image, plugin)
+        prompt_ids = self.input_ids(prompt)
+        full_ids = self.input_ids(prompt + answer + self.template.sep)
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("the answer changes how the prompt tokenizes; cannot score it")
+        return full_ids, len(full_ids) - len(prompt_ids)
+
+    # -- training support ---------------------------------------------------------------------------
+    def token_logprobs(
+        self, rows: Sequence[tuple[list[int], int, torch.Tensor | None]], plugin: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probabilities ``[batch, longest answer]`` of each row's answer ids, and the
+        mask of real ones (padding is 0). A row is (ids and answer length from :meth:`example_ids`, the CLIP
+        patch features ``[1, patches, width]`` of its image at the plugin's layer, or None).
+
+        Not under ``no_grad``: gradients reach the plugin's projector, H-LoRA and own tables, so training
+        uses it; wrap it in ``torch.no_grad()`` to score."""
+        embedded = []
+        for ids, _, patches in rows:
+            features = None
+            if patches is not None:
+                features = self.projectors[plugin](patches.to(device=self.device, dtype=self.dtype))
+            embedded.append(self._prompt_embeddings(ids, features, plugin))
+        embeds, mask, positions = self.left_padded(embedded)
+        longest = max(length for _, length, _ in rows)
+        with self._routing_lock, self._routed([plugin] * len(rows)):
+            out = self.llm.model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            )
+        # Left padding ends every answer at the last position; position p predicts the id at p + 1.
+        hidden = out.last_hidden_state[:, -longest - 1 : -1]
+        logprobs = torch.log_softmax(self._logits(hidden, [plugin] * len(rows)).float(), dim=-1)
+        targets = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        real = torch.zeros(len(rows), longest, dtype=torch.bool, device=self.device)
+        for i, (ids, length, _) in enumerate(rows):
+            targets[i, longest - length :] = torch.tensor(ids[len(ids) - length :], device=self.device)
+            real[i, longest - length :] = True
+        chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return chosen * real, real
+
+    def own_tables(self, plugin: str) -> dict[str, torch.Tensor]:
+        """The plugin's own embedding and output-head tables (as a fusion file gives them), copied from
+        the shared ones the first time: training them never changes the base model other plugins use."""
+        tables = self.overrides.setdefault(plugin, {})
+        shared = {
+            EMBED_KEY: self.llm.get_input_embeddings().weight,
+            HEAD_KEY: self.llm.get_output_embeddings().weight,
+        }
+        for key, table in shared.items():
+            if key not in tables:
+                tables[key] = table.detach().clone()
+        return tables
+
+    def plugin_parameter_groups(self, plugin: str) -> dict[str, dict[str, torch.Tensor]]:
+        """The plugin's tensors by role, under official (prefix-stripped) key names: ``hlora`` (A and B of
+        every adapted layer), ``router``, ``projector`` and ``tables`` (its own embedding/head, if any)."""
+        groups: dict[str, dict[str, torch.Tensor]] = {
+            "hlora": {},
+            "router": {},
+            "projector": {},
+            "tables": dict(self.overrides.get(plugin, {})),
+        }
+        for key, param in self._plugin_parameters(plugin).items():
+            if key.startswith("model.mm_projector."):
+                groups["projector"][key] = param
+            elif key.endswith(".lora_route.weight"):
+                groups["router"][key] = param
+            else:
+                groups["hlora"][key] = param
+        return groups
 
     def score(
         self, question: str, answer: str, image: Image.Image | None = None, plugin: str = "comprehension"

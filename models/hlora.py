@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class HLoRAPlugin(nn.Module):
@@ -26,6 +27,9 @@ class HLoRAPlugin(nn.Module):
         self.experts = experts
         self.rank_per_expert = r // experts
         self.scaling = alpha / r * experts
+        # Dropout on the scaled low-rank activations, as the official layer; applies only in training mode
+        # and is a plain float, so it adds no state-dict keys.
+        self.dropout = 0.0
         self.lora_A = nn.Linear(in_features, r, bias=False)
         self.lora_B = nn.Linear(r, out_features, bias=False)
         self.lora_route = nn.Linear(in_features, experts, bias=False)
@@ -37,6 +41,8 @@ class HLoRAPlugin(nn.Module):
         # Two separate products, in the official order: fusing A and the router into one matmul was
         # measured to move float32 logits by up to 1.2e-4 (different BLAS blocking), beyond parity.
         low_rank = self.lora_A(x) * self.scaling
+        if self.training and self.dropout:
+            low_rank = F.dropout(low_rank, self.dropout)
         gate = torch.softmax(self.lora_route(x), dim=-1).to(dtype)
         gate = torch.repeat_interleave(gate, self.rank_per_expert, dim=-1)
         return self.lora_B(gate * low_rank)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from serving.cli.adapters import adapters_app
 from serving.cli.audit import audit_app
 from serving.cli.db import db_app
 from serving.cli.dicom import dicom_app
@@ -28,6 +29,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(pacs_app, name="pacs")
+app.add_typer(adapters_app, name="adapters")
 app.command("triage")(triage_command)
 app.command("triage-kb")(kb_check_command)
 app.command("intent")(intent_command)

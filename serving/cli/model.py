@@ -20,15 +20,25 @@ SpecOption = Annotated[
 ImageOption = Annotated[Path | None, typer.Option("--image", help="An image file (PNG, JPEG, ...).")]
 PluginOption = Annotated[str, typer.Option("--plugin", help="Plugin name from the spec.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+AdapterOption = Annotated[
+    Path | None,
+    typer.Option("--adapter", help="An adapter folder (healthagent adapters train) serving --plugin."),
+]
 
 
-def _load(spec: str, data_dir: Path = Path("var")):
+def load_model(spec: str, adapter: Path | None = None, plugin: str = "", data_dir: Path = Path("var")):
+    """The model of ``spec`` ('tiny' or a YAML path), with ``plugin`` served by ``adapter`` if given."""
     from models.healthgpt import HealthGPT
     from models.tiny import resolve_spec
 
     try:
-        return HealthGPT(resolve_spec(spec, data_dir.resolve() / "models"))
-    except (FileNotFoundError, ValueError) as exc:
+        model_spec = resolve_spec(spec, data_dir.resolve() / "models")
+        if adapter is not None:
+            from models.adapters import with_adapter
+
+            model_spec = with_adapter(model_spec, plugin, adapter)
+        return HealthGPT(model_spec)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
         fail(f"cannot load model: {exc}")
 
 
@@ -45,9 +55,11 @@ def _image(path: Path | None):
         fail(f"{path}: {exc}")
 
 
-def _call(spec: str, image: Path | None, run: Callable) -> tuple:
+def _call(
+    spec: str, image: Path | None, run: Callable, adapter: Path | None = None, plugin: str = ""
+) -> tuple:
     """Load the model and the image, run, and turn a model-side ValueError into a clear exit."""
-    model = _load(spec)
+    model = load_model(spec, adapter, plugin)
     picture = _image(image)
     try:
         return model, run(model, picture)
@@ -70,11 +82,16 @@ def ask(
     image: ImageOption = None,
     plugin: PluginOption = "comprehension",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    adapter: AdapterOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Greedy answer: the generated token ids and their text."""
     model, answer = _call(
-        spec, image, lambda m, p: m.ask(question, p, plugin=plugin, max_new_tokens=max_new_tokens)
+        spec,
+        image,
+        lambda m, p: m.ask(question, p, plugin=plugin, max_new_tokens=max_new_tokens),
+        adapter,
+        plugin,
     )
     _emit(
         {
@@ -97,10 +114,11 @@ def score(
     spec: SpecOption = "tiny",
     image: ImageOption = None,
     plugin: PluginOption = "comprehension",
+    adapter: AdapterOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Log-probability of each answer token (the answer followed by the template's end separator)."""
-    _, result = _call(spec, image, lambda m, p: m.score(question, answer, p, plugin=plugin))
+    _, result = _call(spec, image, lambda m, p: m.score(question, answer, p, plugin=plugin), adapter, plugin)
     _emit(
         {
             "answer_token_ids": result.answer_token_ids,
