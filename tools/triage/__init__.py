@@ -104,7 +104,10 @@ def triage_rules(text: str) -> TriageResult:
     """The knowledge base's rules alone (used on the model's own answers, which speak in general)."""
     if not isinstance(text, str):
         raise TypeError("triage takes text")
-    extraction, matches = analyse(text)
+    return _from_rules(*analyse(text))
+
+
+def _from_rules(extraction: Extraction, matches: list[Match]) -> TriageResult:
     if not matches:
         return TriageResult(red_flag=False, level=default_level(extraction), reasons=_set_aside(extraction))
     best = matches[0]
@@ -133,5 +136,8 @@ def triage(text: str) -> TriageResult:
     """Rules first; the learned second opinion may raise a message the rules left below emergency."""
     from tools.triage import classifier
 
-    result = triage_rules(text)
-    return classifier.review(text, result)
+    if not isinstance(text, str):
+        raise TypeError("triage takes text")
+    extraction, matches = analyse(text)
+    nearest = [m.condition.condition.category for m in matches]
+    return classifier.review(text, _from_rules(extraction, matches), nearest)

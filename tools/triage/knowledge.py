@@ -25,7 +25,7 @@ KB_DIR = Path(__file__).with_name("kb")
 Level = Literal["emergency", "urgent", "routine", "self_care"]
 # Ascending: a higher index is more urgent.
 LEVELS: tuple[Level, ...] = ("self_care", "routine", "urgent", "emergency")
-Kind = Literal["symptom", "course", "risk", "explain"]
+Kind = Literal["symptom", "course", "risk", "explain", "request"]
 
 # Numbers the extraction pass reads from a message (tools/triage/numbers.py), by the name lines use.
 MEASURES = frozenset(

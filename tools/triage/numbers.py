@@ -291,6 +291,9 @@ _BP = re.compile(r"(?<![\d.])(?P<s>\d{2,3})\s*/\s*(?P<d>\d{2,3})(?![\d.])")
 _HR = re.compile(
     r"(?:pulse|heart\s*rate|hr|heartbeat|heart\s+(?:is\s+)?(?:racing|going|beating|pounding)(?:\s+at)?|心率|心跳|脉搏)"
     r"\D{0,12}?(?<![\d.])(?P<v>\d{2,3})(?![\d.%])|(?<![\d.])(?P<v2>\d{2,3})\s*(?:bpm|beats)"
+    # A wearable's reading with no unit is a pulse (they show heart rate on the face).
+    r"|(?:(?:apple|smart)\s*watch|watch\s+(?:says|said|shows|showed|reads|read|is\s+showing)|fitbit|garmin"
+    r"|手表|手环)[^\d，。,；;]{0,20}?(?<![\d.])(?P<v3>\d{2,3})(?![\d.%]|\s*/|\s*(?:步|steps|kcal|cal|km|公里))"
 )
 _RR = re.compile(
     r"(?:breathing\s+rate|resp\w*\s+rate|rr)[^\d,;.]{0,10}?(?<![\d.])(?P<v>\d{1,3})(?![\d.])"
@@ -338,7 +341,7 @@ def measures(text: str) -> dict[str, float]:
     if pressures:
         sbp, dbp = max(pressures, key=lambda p: abs(p[0] - 120))
         found["sbp"], found["dbp"] = sbp, dbp
-    rates = [float(m["v"] or m["v2"]) for m in _HR.finditer(text) if 20 <= float(m["v"] or m["v2"]) <= 300]
+    rates = [float(v) for m in _HR.finditer(text) if 20 <= float(v := m["v"] or m["v2"] or m["v3"]) <= 300]
     extreme = _extreme(rates, 80.0)
     if extreme is not None:
         found["heart_rate"] = extreme

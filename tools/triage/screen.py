@@ -17,6 +17,9 @@ _COUNTS: dict[str, frozenset[str]] = {
     "course": frozenset({"affirmed", "uncertain"}),
     "risk": frozenset({"affirmed", "uncertain", "historical", "chronic"}),
     "explain": frozenset({"affirmed", "uncertain", "historical", "chronic"}),
+    # What the writer asks for (a check, a referral): a question is itself "hypothetical" to NegEx and may
+    # be about a family history, but the asking is real; only a negation sets it aside.
+    "request": frozenset({"affirmed", "uncertain", "historical", "chronic", "hypothetical", "family"}),
 }
 _LOW_LEVELS = frozenset({"routine", "self_care"})
 _LATIN = re.compile(r"[a-z]")

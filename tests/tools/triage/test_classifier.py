@@ -47,3 +47,12 @@ def test_it_raises_only_when_confident_and_never_lowers(text: str) -> None:
     emergency = TriageResult(red_flag=True, level="emergency", category="cardiac")
     kept = classifier.review(text, emergency)
     assert (kept.level, kept.category, kept.decided_by) == ("emergency", "cardiac", "rules")
+
+
+def test_a_raised_answer_names_the_rules_category_unless_the_classifier_is_clearly_ahead() -> None:
+    flat = {"cardiac": 0.12, "anaphylaxis": 0.10, "breathing": 0.08}
+    assert classifier.pick_category(flat) == "cardiac"  # the rules matched nothing: its own top
+    assert classifier.pick_category(flat, ["anaphylaxis", "other"]) == "anaphylaxis"  # unsure: abstains
+    clear = {"gi_bleed": 0.30, "cardiac": 0.12}
+    assert classifier.pick_category(clear, ["cardiac"]) == "gi_bleed"  # clearly ahead of the rules' one
+    assert classifier.pick_category(flat, ["infection"]) == "cardiac"  # not an emergency category

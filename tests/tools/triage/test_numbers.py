@@ -73,6 +73,25 @@ def test_vital_signs() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("my smartwatch has been showing 176 for the last half hour", 176),
+        ("the fitbit reads 38 and I feel faint", 38),
+        ("手环上显示165，一直降不下来", 165),
+    ],
+)
+def test_a_wearable_reading_without_a_unit_is_a_pulse(text: str, rate: float) -> None:
+    assert measures(normalise(text))["heart_rate"] == rate
+
+
+@pytest.mark.parametrize(
+    "text", ["my watch says 8000 steps today", "手表显示今天走了12000步", "watch says 120/80"]
+)
+def test_other_wearable_numbers_are_not_a_pulse(text: str) -> None:
+    assert "heart_rate" not in measures(normalise(text))
+
+
+@pytest.mark.parametrize(
     ("text", "mmol"),
     [
         ("blood sugar 2.6 mmol/l", 2.6),
