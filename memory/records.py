@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -68,6 +69,29 @@ class FeedbackAggregate:
     count: int
 
 
+@dataclass(frozen=True)
+class TrainingFeedback:
+    """One correction or rating with what a training dataset needs; no patient id travels with it."""
+
+    feedback_id: int
+    kind: str  # "correction" | "rating"
+    payload: dict[str, Any]
+    author_role: str  # who gave it: a physician's correction is clinical ground truth, a patient's is not
+    model: str
+    adapter_version: str  # the version that produced the output the feedback is about
+    created_at: datetime  # UTC
+    read_id: int | None  # the target: a read, or else a message
+    message_id: int | None
+    output: str  # the model's text: the read's AI draft, or the answer message
+    final: str | None  # a read's latest signed text (the physician's correction, amendments included)
+    question: str | None  # a message's question: the user's message it answered (reads: None)
+    study_id: int | None
+    modality: str
+    pixel_key: str | None  # the de-identified picture the model saw: the study's, or the question's upload
+    consultation_id: str | None
+    provenance: dict[str, Any]  # of the output
+
+
 class Records:
     """The records as ``actor`` may see them, within ``session``'s transaction."""
 
@@ -93,14 +117,21 @@ class Records:
         return Relation.none
 
     def _deny(
-        self, resource: Resource, action: Action, resource_id: object, patient_id: int | None, why: str
+        self,
+        resource: Resource,
+        action: Action,
+        resource_id: object,
+        patient_id: int | None,
+        why: str,
+        error: RecordError | None = None,
     ) -> None:
+        """Audit a refusal, then raise it: ``error``, or AccessDenied."""
         # Recorded in its own transaction: the caller's will roll back on the exception.
         factory = sessionmaker(bind=self.session.get_bind())
         with factory() as side, side.begin():
             self._audit(resource, action, resource_id, patient_id, session=side, outcome="denied",
                         detail={"reason": why})  # fmt: skip
-        raise AccessDenied(f"{self.actor.role} may not {action} {resource} {resource_id}: {why}")
+        raise error or AccessDenied(f"{self.actor.role} may not {action} {resource} {resource_id}: {why}")
 
     def _authorize(
         self, resource: Resource, action: Action, resource_id: object = "", patient_id: int | None = None
@@ -217,7 +248,10 @@ class Records:
     # -- consultations and messages -----------------------------------------------------------------
     def open_consultation(self, consultation_id: str, patient_id: int | None) -> Consultation:
         if patient_id is not None:
-            self._get(Patient, patient_id, "patient")
+            if self.session.get(Patient, patient_id) is None:
+                # A refused creation is audited like any refused access, a probe for ids included.
+                self._deny(Resource.consultation, Action.write, consultation_id, None,
+                           f"no patient {patient_id}", NotFound(f"no patient {patient_id}"))  # fmt: skip
             self._authorize(Resource.consultation, Action.write, consultation_id, patient_id)
         elif self.actor.role is Role.patient:
             raise InvalidInput("a patient's consultation belongs to their patient record")
@@ -268,6 +302,17 @@ class Records:
         self.session.add(message)
         self.session.flush()
         return message
+
+    def withdraw_message(self, message_id: int) -> None:
+        """Take back the caller's own message of a turn that failed: no unanswered message stays in
+        the consultation, nor in what retrieval reads of it."""
+        message = self._get(Message, message_id, "message")
+        self._authorize_consultation(self._get(Consultation, message.consultation_id, "consultation"),
+                                     Action.write)  # fmt: skip
+        if message.author_role == AuthorRole.assistant or message.author_id != self.actor.user_id:
+            raise InvalidInput("only its author may withdraw a message")
+        self.session.delete(message)
+        self.session.flush()
 
     def list_messages(self, consultation_id: str) -> list[Message]:
         consultation = self._get(Consultation, consultation_id, "consultation")
@@ -459,6 +504,12 @@ class Records:
         read.physician_final = _text(final_text, MAX_TEXT_CHARS, "final_text")
         read.signed_by = self.actor.user_id
         read.signed_at = utcnow()
+        # Who wrote the final text travels with it, so it is never shown as the model's words: the AI
+        # draft signed as it is, or the physician's own text. The model keys stay: they describe the
+        # draft, and feedback on the read is attributed through them. (A new dict: JSON is not tracked.)
+        author = "ai+physician" if final_text.strip() == read.ai_draft.strip() else "physician"
+        signer = {"user_id": self.actor.user_id, "name": self.actor.name}
+        read.provenance = {**(read.provenance or {}), "author": author, "signed_by": signer}
         self.session.flush()
         return read
 
@@ -490,7 +541,9 @@ class Records:
             provenance = read.provenance
         if patient_id is None:
             raise InvalidInput("feedback is kept for patient consultations and reads only")
-        if not provenance:
+        # A read's provenance keeps its draft's model even once corrected; a message a physician
+        # wrote (a correction given as the answer) has no model behind it.
+        if not provenance or (message_id is not None and provenance.get("author") == "physician"):
             raise InvalidInput("the target was not produced by a model: nothing to attribute feedback to")
         target = f"message:{message_id}" if message_id is not None else f"read:{read_id}"
         self._authorize(Resource.feedback, Action.write, target, patient_id)
@@ -527,6 +580,111 @@ class Records:
             .order_by(Feedback.plugin, Feedback.adapter_version, Feedback.kind)
         )
         return [FeedbackAggregate(p, v, str(k), int(n)) for p, v, k, n in rows]
+
+    def training_feedback(
+        self, plugin: str, *, since_version: str | None = None, since: datetime | None = None
+    ) -> list[TrainingFeedback]:
+        """Corrections and ratings of ``plugin``'s outputs, oldest first, given at or after ``since`` and
+        after ``since_version`` came in (its registration or its first feedback, whichever is earlier).
+
+        Building a training dataset is a system action for admins over de-identified studies: no patient
+        id is returned, and every patient whose feedback is read gets an audit row."""
+        target = f"training:{plugin}"
+        if self.actor.role is not Role.admin:
+            self._deny(Resource.feedback, Action.read, target, None, "only admins build training datasets")
+        cutoffs = [_as_utc(since)] if since is not None else []
+        if since_version is not None:
+            cutoffs.append(self._version_start(plugin, since_version))
+        query = (
+            select(Feedback, User.role)
+            .join(User, User.id == Feedback.author_id)
+            .where(
+                Feedback.plugin == plugin,
+                Feedback.kind.in_([FeedbackKind.correction, FeedbackKind.rating]),
+            )
+            .order_by(Feedback.id)
+        )
+        if cutoffs:
+            query = query.where(Feedback.created_at >= max(cutoffs))
+        found: list[TrainingFeedback] = []
+        patients: dict[int, int] = {}
+        for feedback, role in self.session.execute(query).all():
+            patients[feedback.patient_id] = patients.get(feedback.patient_id, 0) + 1
+            found.append(self._training_item(feedback, str(role)))
+        for patient_id, count in sorted(patients.items()):
+            self._audit(Resource.feedback, Action.read, target, patient_id,
+                        detail={"purpose": "training dataset", "feedback": count})  # fmt: skip
+        self._audit(Resource.feedback, Action.read, target, detail={
+            "purpose": "training dataset", "since_version": since_version,
+            "since": since.isoformat() if since else None, "feedback": len(found)})  # fmt: skip
+        return found
+
+    def _version_start(self, plugin: str, version: str) -> datetime:
+        registered = self.session.scalar(
+            select(AdapterVersion.created_at).where(
+                AdapterVersion.plugin == plugin, AdapterVersion.version == version
+            )
+        )
+        first = self.session.scalar(
+            select(func.min(Feedback.created_at)).where(
+                Feedback.plugin == plugin, Feedback.adapter_version == version
+            )
+        )
+        moments = [_as_utc(m) for m in (registered, first) if m is not None]
+        if not moments:
+            raise NotFound(f"adapter version {version!r} of {plugin!r} is neither registered nor in feedback")
+        return min(moments)
+
+    def _training_item(self, feedback: Feedback, author_role: str) -> TrainingFeedback:
+        common: dict[str, Any] = {
+            "feedback_id": feedback.id,
+            "kind": str(feedback.kind),
+            "payload": dict(feedback.payload or {}),
+            "author_role": author_role,
+            "model": feedback.model,
+            "adapter_version": feedback.adapter_version,
+            "created_at": _as_utc(feedback.created_at),
+        }
+        if feedback.target_read_id is not None:
+            read = self._get(Read, feedback.target_read_id, "read")
+            study = self._get(Study, read.study_id, "study")
+            return TrainingFeedback(
+                **common,
+                read_id=read.id,
+                message_id=None,
+                output=read.ai_draft,
+                final=read.physician_final,
+                question=None,
+                study_id=study.id,
+                modality=study.modality,
+                pixel_key=study.pixel_key,
+                consultation_id=None,
+                provenance=dict(read.provenance or {}),
+            )
+        message = self._get(Message, feedback.target_message_id, "message")
+        asked = self.session.scalar(  # the user's message it answered
+            select(Message)
+            .where(
+                Message.consultation_id == message.consultation_id,
+                Message.id < message.id,
+                Message.author_role != AuthorRole.assistant,
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        return TrainingFeedback(
+            **common,
+            read_id=None,
+            message_id=message.id,
+            output=message.content,
+            final=None,
+            question=asked.content if asked is not None else None,
+            study_id=None,
+            modality="",
+            pixel_key=(asked.attachments or [None])[0] if asked is not None else None,
+            consultation_id=message.consultation_id,
+            provenance=dict(message.provenance or {}),
+        )
 
     # -- adapters and fine-tune jobs (admin) --------------------------------------------------------
     def register_adapter(
@@ -604,6 +762,11 @@ _JOB_TRANSITIONS = {
     JobStatus.failed: set(),
     JobStatus.cancelled: set(),
 }
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive (they were stored as UTC); PostgreSQL hands them back aware.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _text(value: str, limit: int, field: str) -> str:
