@@ -214,15 +214,20 @@ _PREG_WEEKS = [
 _PREG_MONTHS = re.compile(rf"(?:怀孕|孕|妊娠)\s*(?P<n>{ZH_NUM})\s*个?月|(?P<n2>\d)\s*months?\s*pregnant")
 
 
+# Words that make a bare "33 weeks" a gestation: the pregnancy, the bump, the midwife, "with my first".
+_PREGNANCY_CONTEXT = re.compile(
+    r"pregnan|expecting|gestation|trimester|baby|bump|midwife|antenatal"
+    r"|with my (?:first|second|third|1st|2nd|3rd)\b"
+)
+
+
 def _pregnancy_weeks(text: str) -> float | None:
     for pattern in _PREG_WEEKS:
         match = pattern.search(text)
         if match:
             value = number(match["n"])
             if value is not None and 3 <= value <= 43:
-                if pattern is _PREG_WEEKS[2] and not re.search(
-                    r"pregnan|expecting|gestation|trimester|baby", text
-                ):
+                if pattern is _PREG_WEEKS[2] and not _PREGNANCY_CONTEXT.search(text):
                     continue
                 return value
     match = _PREG_MONTHS.search(text)

@@ -64,6 +64,12 @@ def test_pregnancy_weeks(text: str, weeks: float) -> None:
     assert measures(normalise(text))["pregnancy_weeks"] == weeks
 
 
+def test_a_bare_week_count_is_a_gestation_only_in_a_pregnancy_context() -> None:
+    assert measures(normalise("29 weeks with my second, ankles puffy"))["pregnancy_weeks"] == 29
+    assert measures(normalise("31 weeks now, midwife says the bump is big"))["pregnancy_weeks"] == 31
+    assert "pregnancy_weeks" not in measures(normalise("12 weeks of physio for my knee and it still aches"))
+
+
 def test_vital_signs() -> None:
     found = measures(normalise("sats 88% on the pulse ox, bp 85/50, pulse 130, breathing rate 32"))
     assert (found["spo2"], found["sbp"], found["dbp"], found["heart_rate"], found["resp_rate"]) == (
