@@ -1,6 +1,7 @@
 """The Health Agent. What other layers use: the graph (build_graph, its runtime context and input
 state) and the intake of a turn's uploads; the rest of the package is internal."""
 
+from agents.budget import MessageTooLong, check_message
 from agents.context import TurnContext
 from agents.graph import build_graph
 from agents.intake import (
@@ -18,12 +19,14 @@ __all__ = [
     "Actor",
     "InputState",
     "Intake",
+    "MessageTooLong",
     "StoredStudy",
     "TurnContext",
     "TurnUploads",
     "Upload",
     "UploadRejected",
     "build_graph",
+    "check_message",
     "take_study",
     "take_uploads",
 ]

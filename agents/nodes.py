@@ -16,12 +16,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from PIL import Image
 
-from agents import prompts
+from agents import budget, prompts
 from agents.context import TurnContext
 from agents.routing import Route, route
-from agents.safety import injection_findings, quote_for_model, screen_output
+from agents.safety import injection_findings, screen_output
 from agents.state import ChatState
-from tools.healthgpt import AskRequest, ImageRequest, ImageTask
+from tools.healthgpt import AskRequest, ImageRequest, ImageTask, Provenance
 from tools.qc import check_image
 from tools.retrieval import build_index
 from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
@@ -67,15 +67,15 @@ def decide_route(state: ChatState) -> ChatState:
 
 def consult(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     context = runtime.context
-    turns = state["messages"][-(2 * context.history_turns + 1) : -1]
-    earlier = "\n".join(f"{m['role']}: {m['content']}" for m in turns)
-    question = quote_for_model(state["messages"][-1]["content"])
-    if earlier:
-        question = f"Conversation so far:\n{earlier}\n\n{question}"
+    earlier = budget.answered_turns(state["messages"], context.history_turns)
     history = _relevant_history(state, context)
-    if history:
-        snippets = "\n".join(text for _, text in history)
-        question = f"Relevant earlier records of this patient:\n{snippets}\n\n{question}"
+    question, kept = budget.fit_question(
+        context.model(),
+        state["messages"][-1]["content"],
+        earlier,
+        [text for _, text in history],
+        has_image=context.image is not None,
+    )
     request = AskRequest(question=question, image=context.image, max_new_tokens=context.max_new_tokens)
     writer = get_stream_writer()
     result = None
@@ -88,7 +88,7 @@ def consult(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     return {
         "draft": result.text,
         "provenance": result.provenance.model_dump(),
-        "tool_results": {"history_used": [record for record, _ in history]},
+        "tool_results": {"history_used": [record for record, _ in history[:kept]]},
     }
 
 
@@ -141,9 +141,20 @@ def review(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
             if action == "correct":
                 records.add_feedback("correction", {"text": text, "draft": state["draft"]}, read_id=read.id)
         status = read.status.value
+        signed = read.provenance or {}
+        as_drafted = (read.physician_final or "").strip() == read.ai_draft.strip()
+    # The answer is the physician's text or the draft they signed: its provenance says so (the records
+    # decided which when signing), and a correction carries none of the model's.
+    author = signed.get("author") or ("ai+physician" if as_drafted else "physician")
+    signer = signed.get("signed_by")
+    if author == "physician":
+        provenance = Provenance(author="physician", signed_by=signer).model_dump()
+    else:
+        provenance = {**(state.get("provenance") or {}), "author": author, "signed_by": signer}
     return {
         "approval": {"action": action, "status": status},
         "draft": read.physician_final or state["draft"],
+        "provenance": provenance,
     }
 
 
@@ -162,20 +173,26 @@ def image_task(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
 
 
 def history(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    """The patient's record, in the language of the question (the records' own text stays as written)."""
+    words = prompts.HISTORY[state.get("language", "en")]
     patient_id = state.get("patient_id")
     if patient_id is None:
-        return {"draft": "This conversation concerns no patient; there is no history to show."}
+        return {"draft": words["no_patient"]}
     with runtime.context.open_records() as records:
         consultations = records.list_consultations(patient_id)
         studies = records.list_studies(patient_id)
-        lines = [f"{len(consultations)} consultation(s), {len(studies)} study(ies) on record."]
+        lines = [words["summary"].format(consultations=len(consultations), studies=len(studies))]
         for study in studies[-5:]:
             reads = records.list_reads(study.id)
             signed = [r for r in reads if r.status.value != "preliminary"]
-            lines.append(
-                f"- study {study.id}: {study.modality or 'image'} {study.description}".rstrip()
-                + (f"; signed read: {signed[-1].physician_final[:200]}" if signed else "")
+            line = (
+                words["study"]
+                .format(id=study.id, modality=study.modality or words["image"], description=study.description)
+                .rstrip()
             )
+            if signed:
+                line += words["signed"].format(text=signed[-1].physician_final[:200])
+            lines.append(line)
     return {"draft": "\n".join(lines)}
 
 
@@ -237,12 +254,16 @@ def refuse(state: ChatState) -> ChatState:
 def compose(state: ChatState) -> ChatState:
     language = state.get("language", "en")
     text = state.get("draft") or "(the model returned no text)"
-    provenance = state.get("provenance")
+    provenance = state.get("provenance") or {}
+    author = provenance.get("author", "ai")
     if state.get("route") == Route.second_read and not state.get("approval"):
         text = f"{prompts.PRELIMINARY_NOTICE[language]}\n{text}"
-    if provenance and provenance.get("demo_weights"):
+    # A physician's own text is never labelled as the model's: no demo notice, no AI disclaimer. A
+    # signed draft keeps the demo notice (its words are still the demo model's) with a signed note.
+    if provenance.get("demo_weights") and author != "physician":
         text = f"{text}\n\n{prompts.DEMO_WEIGHTS_NOTICE}"
-    return {"answer": text, "disclaimer": prompts.DISCLAIMERS[language]}
+    disclaimer = prompts.AUTHOR_NOTES[author][language] if author != "ai" else prompts.DISCLAIMERS[language]
+    return {"answer": text, "disclaimer": disclaimer}
 
 
 def post_check(state: ChatState) -> ChatState:

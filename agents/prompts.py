@@ -14,6 +14,18 @@ DISCLAIMERS = {
     ),
 }
 
+# In place of the AI disclaimer on text a physician wrote or signed (Provenance.author).
+AUTHOR_NOTES = {
+    "physician": {
+        "en": "Written by a physician.",
+        "zh": "本报告由医生撰写。",
+    },
+    "ai+physician": {
+        "en": "Drafted by AI; reviewed, approved and signed by a physician.",
+        "zh": "本报告由人工智能起草，经医生审核批准并签字。",
+    },
+}
+
 DEMO_WEIGHTS_NOTICE = (
     "Demo model: this server runs random demonstration weights, so the text above is meaningless. "
     "Point the service at the released HealthGPT weights for real answers."
@@ -59,6 +71,24 @@ REFUSALS = {
     "needs_study": {
         "en": "A second read needs a study: upload a DICOM file or name a study id.",
         "zh": "影像复核需要一个检查：请上传 DICOM 文件或指定检查编号。",
+    },
+}
+
+# The history route's answer (agents.nodes.history); study descriptions and reads stay as recorded.
+HISTORY = {
+    "en": {
+        "no_patient": "This conversation concerns no patient; there is no history to show.",
+        "summary": "{consultations} consultation(s), {studies} study(ies) on record.",
+        "study": "- study {id}: {modality} {description}",
+        "image": "image",
+        "signed": "; signed read: {text}",
+    },
+    "zh": {
+        "no_patient": "此对话不涉及任何患者，没有可显示的病史。",
+        "summary": "记录中有 {consultations} 次问诊、{studies} 项检查。",
+        "study": "- 检查 {id}：{modality} {description}",
+        "image": "影像",
+        "signed": "；已签署的阅片报告：{text}",
     },
 }
 

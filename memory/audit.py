@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,9 @@ from memory.schema import AuditEntry, AuditHead, utcnow
 from memory.users import Principal
 
 GENESIS_HASH = "0" * 64
+# The id of the HTTP request being served, set by the gateway: each row written meanwhile keeps it in its
+# detail, so an audit row leads to that request's log lines.
+REQUEST_ID: ContextVar[str | None] = ContextVar("healthagent_request_id", default=None)
 
 
 def _utc_text(moment: datetime) -> str:
@@ -66,6 +70,9 @@ def append(
     detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Add one row in the caller's transaction (so it commits, or not, with what it records)."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        detail = {**(detail or {}), "request_id": request_id}
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
     seq, prev_hash = _head(session)
     entry = AuditEntry(

@@ -1,7 +1,9 @@
-"""Per-user rate limiting: a token bucket in Redis (shared by every gateway replica) or in-process.
+"""Rate limiting: a token bucket in Redis (shared by every gateway replica) or in-process.
 
 A bucket holds up to ``capacity`` tokens and regains ``refill_per_s`` tokens per second; a request
 costs one token (or more). When the bucket is short, the answer says how long until it is not.
+``peek`` asks the same question without taking anything: the gateway charges only failed logins to a
+client address, but refuses that address before checking its next token once its bucket is empty.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class RateDecision:
 class RateLimiter(Protocol):
     def acquire(self, key: str, cost: float = 1.0) -> RateDecision: ...
 
+    def peek(self, key: str, cost: float = 1.0) -> RateDecision: ...
+
 
 def _check_params(capacity: float, refill_per_s: float) -> None:
     if capacity < 1 or refill_per_s <= 0:
@@ -41,22 +45,43 @@ def _take(tokens: float, cost: float, refill_per_s: float) -> tuple[bool, float,
 class InProcessTokenBucket:
     """For the embedded profile: one process, one lock."""
 
+    # Keys are client addresses too: past this many, buckets that have refilled (the same as absent)
+    # are dropped, so a flood from many addresses cannot grow the table without bound.
+    MAX_KEYS = 100_000
+
     def __init__(self, capacity: float, refill_per_s: float) -> None:
         _check_params(capacity, refill_per_s)
         self.capacity, self.refill_per_s = float(capacity), float(refill_per_s)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic stamp)
         self._lock = threading.Lock()
 
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - stamp) * self.refill_per_s)
+
     def acquire(self, key: str, cost: float = 1.0) -> RateDecision:
         if cost > self.capacity:
             return RateDecision(False, 0.0, math.inf)
         now = time.monotonic()
         with self._lock:
-            tokens, stamp = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - stamp) * self.refill_per_s)
-            allowed, tokens, wait = _take(tokens, cost, self.refill_per_s)
+            allowed, tokens, wait = _take(self._tokens(key, now), cost, self.refill_per_s)
+            if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
+                self._prune(now)
             self._buckets[key] = (tokens, now)
         return RateDecision(allowed, tokens, wait)
+
+    def peek(self, key: str, cost: float = 1.0) -> RateDecision:
+        if cost > self.capacity:
+            return RateDecision(False, 0.0, math.inf)
+        with self._lock:
+            tokens = self._tokens(key, time.monotonic())
+        allowed, _, wait = _take(tokens, cost, self.refill_per_s)
+        return RateDecision(allowed, tokens, wait)
+
+    def _prune(self, now: float) -> None:
+        full = [k for k in self._buckets if self._tokens(k, now) >= self.capacity]
+        for key in full:
+            del self._buckets[key]
 
 
 # Refill and take in one atomic step on the server, timed by the server's clock so that replicas with
@@ -65,6 +90,7 @@ _BUCKET_LUA = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local take = ARGV[4] ~= '0'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
@@ -75,13 +101,15 @@ tokens = math.min(capacity, tokens + math.max(0, now - stamp) * rate)
 local allowed = 0
 local wait = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  if take then tokens = tokens - cost end
   allowed = 1
 else
   wait = (cost - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+if take then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+end
 return {allowed, tostring(tokens), tostring(wait)}
 """
 
@@ -97,9 +125,15 @@ class RedisTokenBucket:
         self._script = client.register_script(_BUCKET_LUA)
 
     def acquire(self, key: str, cost: float = 1.0) -> RateDecision:
+        return self._run(key, cost, take=True)
+
+    def peek(self, key: str, cost: float = 1.0) -> RateDecision:
+        return self._run(key, cost, take=False)
+
+    def _run(self, key: str, cost: float, *, take: bool) -> RateDecision:
         if cost > self.capacity:
             return RateDecision(False, 0.0, math.inf)
         allowed, tokens, wait = self._script(
-            keys=[self.prefix + key], args=[self.capacity, self.refill_per_s, cost]
+            keys=[self.prefix + key], args=[self.capacity, self.refill_per_s, cost, 1 if take else 0]
         )
         return RateDecision(bool(int(allowed)), float(tokens), float(wait))

@@ -6,6 +6,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.problems import Problem, problem_response
 
+# Invalid tokens one client address may send: a burst (a person retyping a token), then one every two
+# seconds; past that the address is answered 429 without a database lookup (see serving.auth).
+AUTH_FAILURE_BURST = 20
+AUTH_FAILURES_PER_MINUTE = 30.0
+
 
 class BodySizeLimit:
     """Answer 413 as soon as a request body exceeds ``max_bytes``; nothing larger is buffered.

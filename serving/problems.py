@@ -1,8 +1,14 @@
-"""RFC 9457 problem+json answers for every error the API gives."""
+"""RFC 9457 problem+json answers for every error the API gives.
+
+Every answer carries a human ``detail`` and the ``request_id`` that the request's log lines and audit
+rows carry too. Details are scrubbed of what only operators should see (terminal colour codes, Ray
+actor, process and node ids, addresses, object reprs); the unscrubbed text goes to the log.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -14,9 +20,12 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from memory.audit import REQUEST_ID
+from memory.records import AccessDenied, NotFound
 from models.engine import EngineClosed, EngineError, InvalidRequest, QueueFull, RequestTimedOut
 
 PROBLEM_JSON = "application/problem+json"
+MAX_DETAIL_CHARS = 500
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +47,39 @@ class Problem(Exception):
         self.headers = headers
 
 
+# What a message from deep inside (Ray's wrapped exceptions above all) may carry that a caller must not
+# see. Ray prefixes a re-raised error with "ray::Deployment.method() (pid=…, ip=…, actor_id=…, repr=<…>)".
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_INTERNALS = [
+    re.compile(r"ray::\S+(\s*\([^)]*\))?"),
+    re.compile(r"^(?:[a-z_]\w*\.)+[A-Z]\w*: "),  # a module path's exception class before the message
+    re.compile(r"\((?:[^()]*\b(?:pid|ip|actor_id|node_id|worker_id|task_id|repr)=[^()]*)\)"),
+    re.compile(r"\b(?:pid|ip|actor_id|node_id|worker_id|task_id|job_id|repr)=\S+"),
+    re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>"),
+    re.compile(r"\b0x[0-9a-fA-F]{4,}\b"),
+    re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"),
+    re.compile(r"\[[0-9a-fA-F:.]+\](?::\d+)?"),  # bracketed IPv6, with or without a port
+    re.compile(r"\b[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{1,4})*::(?:[0-9a-fA-F]{1,4}:?)*"),  # compressed IPv6
+    re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b"),  # full IPv6
+    re.compile(r"\b[0-9a-f]{24,}\b"),  # actor / node / object ids
+]
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def public_text(text: str, fallback: str = "") -> str:
+    """``text`` fit for a caller: its first line, with colour codes and internal identifiers removed."""
+    lines = [line for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    # The first line says what went wrong; where that was only a location (a traceback's header), the
+    # last line holds the error itself.
+    for line in lines[:1] + lines[-1:]:
+        for pattern in _INTERNALS:
+            line = pattern.sub("", line)
+        line = re.sub(r"\s{2,}", " ", _CONTROL.sub("", line)).strip(" :;,")
+        if line and not line.startswith("Traceback"):
+            return line if len(line) <= MAX_DETAIL_CHARS else line[: MAX_DETAIL_CHARS - 1] + "…"
+    return fallback
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -45,14 +87,19 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
+    title = HTTPStatus(status).phrase
+    public = public_text(detail, fallback=title)
+    if public != detail:
+        log.info("answered %s with internals removed from: %r", status, detail[:2000])
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": public}
     if errors:
-        body["errors"] = errors
+        body["errors"] = [
+            {"field": public_text(e.get("field", ""), "body"), "message": public_text(e.get("message", ""))}
+            for e in errors
+        ]
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -69,10 +116,16 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The original error of one that Ray re-raised (its text starts with Ray's own prefix)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def _engine_problem(exc: EngineError) -> JSONResponse:
     """The engine's refusals, whether raised here or re-raised from a replica through Ray."""
     if isinstance(exc, InvalidRequest):
-        return problem_response(422, str(exc).splitlines()[0])
+        return problem_response(422, public_text(str(_cause(exc)), "the model refused this request"))
     if isinstance(exc, RequestTimedOut):
         return problem_response(504, "the model did not answer in time")
     retry = exc.retry_after_s
@@ -84,44 +137,51 @@ def _engine_problem(exc: EngineError) -> JSONResponse:
     return problem_response(502, "the model failed to answer; the incident was logged")
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(Problem)
-    async def _problem(_request: Request, exc: Problem) -> JSONResponse:
+def problem_for(exc: BaseException) -> JSONResponse:
+    """The one answer for an exception raised while serving a request — by the API's handlers and by a
+    streamed turn's final ``error`` event alike."""
+    if isinstance(exc, Problem):
+        if exc.status in (403, 404) and isinstance(exc.__cause__, AccessDenied | NotFound):
+            # A record the caller may not see answers exactly like a missing one, status and words, whoever
+            # asks: anything else would tell an outsider which ids exist. Denials are audited where they
+            # happen (memory.records).
+            return problem_response(404, "not found")
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         errors = validation_errors(list(exc.errors()))
         return problem_response(422, _describe(errors), errors=errors)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_request: Request, exc: ValidationError) -> JSONResponse:
+    if isinstance(exc, ValidationError):
         errors = validation_errors(exc.errors())
         return problem_response(422, _describe(errors), errors=errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    @app.exception_handler(EngineError)
-    async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
+    if isinstance(exc, EngineError):
         return _engine_problem(exc)
-
-    @app.exception_handler(RayActorError)
-    async def _replica_died(_request: Request, exc: RayActorError) -> JSONResponse:
+    if isinstance(exc, RayActorError):
         log.error("model replica died during a request: %s", str(exc).splitlines()[0])
         return problem_response(
             503, "the model service restarted; retry shortly", headers={"Retry-After": "5"}
         )
-
-    @app.exception_handler(BackPressureError)
-    async def _back_pressure(_request: Request, exc: BackPressureError) -> JSONResponse:
+    if isinstance(exc, BackPressureError):
         return problem_response(
             503, "the model service is at capacity; retry shortly", headers={"Retry-After": "5"}
         )
+    log.error("unhandled error", exc_info=exc)  # internals stay in the log
+    return problem_response(500, "internal error; the incident was logged")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Never leak internals (or PHI in exception text) to the client; the log has the trace.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal error; the incident was logged")
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc)
+
+    for kind in (
+        Problem,
+        RequestValidationError,
+        ValidationError,
+        StarletteHTTPException,
+        EngineError,
+        RayActorError,
+        BackPressureError,
+        Exception,  # reached only without the observability middleware (it answers these itself)
+    ):
+        app.add_exception_handler(kind, _handle)

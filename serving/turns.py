@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,20 +15,24 @@ from langgraph.types import Command
 from agents import (
     InputState,
     Intake,
+    MessageTooLong,
     StoredStudy,
     TurnContext,
     TurnUploads,
     Upload,
     UploadRejected,
+    check_message,
     take_study,
     take_uploads,
 )
 from memory.db import transaction
-from memory.records import AccessDenied, InvalidInput, NotFound, Records
+from memory.records import AccessDenied, Conflict, InvalidInput, NotFound, Records
 from memory.schema import Role
 from memory.users import Principal
-from serving.problems import Problem
+from serving.problems import Problem, problem_for
 from serving.services import GatewayServices
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -35,12 +41,12 @@ def records_for(services: GatewayServices, principal: Principal) -> Iterator[Rec
     try:
         with transaction(services.sessions) as session:
             yield Records(session, principal, admin_phi_access=services.settings.admin_phi_access)
-    except NotFound as exc:
-        raise Problem(404, str(exc)) from exc
-    except AccessDenied as exc:
-        # Another patient's record answers like a missing one: its existence is not revealed.
-        status = 404 if principal.role is Role.patient else 403
-        raise Problem(status, str(exc) if status == 403 else "not found") from exc
+    except (NotFound, AccessDenied) as exc:
+        # A record the caller may not see answers like a missing one, whoever asks (denials are audited
+        # in memory.records): its existence is not revealed.
+        raise Problem(404, "not found") from exc
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from exc
     except InvalidInput as exc:
         raise Problem(422, str(exc)) from exc
 
@@ -61,10 +67,14 @@ def open_consultation(services: GatewayServices, principal: Principal, patient_i
             own = records.patient_of_user(principal.user_id)
             if own is None:
                 raise InvalidInput("this patient login has no patient record; ask an administrator")
-            if patient_id not in (None, own.id):
-                raise Problem(404, "not found")
-            patient_id = own.id
-        records.open_consultation(consultation_id, patient_id)
+            # Another patient's id goes on to the records, which refuse it and audit the attempt.
+            patient_id = own.id if patient_id is None else patient_id
+        try:
+            records.open_consultation(consultation_id, patient_id)
+        except NotFound as exc:
+            if principal.role is Role.patient:  # a missing id answers exactly like another patient's
+                raise Problem(404, "not found") from exc
+            raise
     return consultation_id
 
 
@@ -146,32 +156,75 @@ def config_for(consultation_id: str) -> dict[str, Any]:
 DURABILITY = "exit"
 
 
+@dataclass
+class BegunTurn:
+    """A turn whose message is stored: what the graph needs, and what undoing the turn needs."""
+
+    state_in: InputState
+    context: TurnContext
+    message_id: int
+    before: Any  # the thread's checkpoint (StateSnapshot) before the turn
+
+
 def begin_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
-) -> tuple[InputState, TurnContext]:
+) -> BegunTurn:
     """Check access, store the user's message and uploads; what the graph needs to run the turn."""
     with records_for(services, principal) as records:
         consultation = records.get_consultation(consultation_id)
         patient_id = consultation.patient_id
         if consultation.status.value != "open":
             raise Problem(409, "this consultation is closed")
+        before = services.graph.get_state(config_for(consultation_id))
         # A new message would abandon the read waiting in this thread: sign it off first.
-        for pending in services.graph.get_state(config_for(consultation_id)).interrupts:
+        for pending in before.interrupts:
             read_id = (pending.value or {}).get("read_id")
             raise Problem(
                 409, f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff"
             )
+        # Counted in the model's tokens before anything is stored: a message the model can never take
+        # is refused alone, and the consultation goes on (the character cap cannot tell: a Chinese
+        # character can be three tokens).
+        try:
+            has_image = bool(turn.uploads) or turn.study_id is not None
+            check_message(services.model, turn.message, has_image=has_image)
+        except MessageTooLong as exc:
+            raise Problem(413, str(exc)) from exc
         # The common case, a message with nothing attached: it is stored in this same transaction.
         plain = not turn.uploads and turn.study_id is None
         if plain:
-            records.add_message(consultation_id, str(principal.role), turn.message)
+            message_id = records.add_message(consultation_id, str(principal.role), turn.message).id
     taken = _take_uploads(services, principal, patient_id, turn)
     if not plain:
         with records_for(services, principal) as records:
             role = str(principal.role)
-            records.add_message(consultation_id, role, turn.message, attachments=taken.attachments)
+            message_id = records.add_message(
+                consultation_id, role, turn.message, attachments=taken.attachments
+            ).id
     state_in = graph_input(principal, consultation_id, patient_id, turn, taken.attachments, taken.study_id)
-    return state_in, turn_context(services, principal, taken.image)
+    return BegunTurn(state_in, turn_context(services, principal, taken.image), message_id, before)
+
+
+def undo_turn(
+    services: GatewayServices, principal: Principal, consultation_id: str, begun: BegunTurn
+) -> None:
+    """A failed turn leaves no orphan: its message is withdrawn from the records and the thread goes
+    back to its checkpoint before the turn, so nothing of it returns to the model's context. (The
+    consult step also skips unanswered messages, for a turn a crash cut short.)"""
+    try:
+        with records_for(services, principal) as records:
+            records.withdraw_message(begun.message_id)
+        after = services.graph.get_state(config_for(consultation_id))
+        written = (after.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        previous = begun.before.config.get("configurable", {}).get("checkpoint_id")
+        if after.config == begun.before.config or written != previous:
+            return  # the turn wrote no checkpoint, or another turn has run since: leave the thread
+        if previous is None:
+            services.checkpointer.saver.delete_thread(consultation_id)
+        else:  # a copy of the checkpoint before the turn becomes the thread's latest
+            services.graph.update_state(begun.before.config, None, as_node="__copy__")
+    except Exception:  # the turn's own error is what the caller must see
+        log.exception("could not undo a failed turn in consultation %s", consultation_id)
 
 
 def finish_turn(
@@ -211,11 +264,15 @@ def finish_turn(
 def run_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
 ) -> dict[str, Any]:
-    state_in, context = begin_turn(services, principal, consultation_id, turn)
-    state = services.graph.invoke(
-        state_in, config_for(consultation_id), context=context, durability=DURABILITY
-    )
-    return finish_turn(services, principal, consultation_id, state)
+    begun = begin_turn(services, principal, consultation_id, turn)
+    try:
+        state = services.graph.invoke(
+            begun.state_in, config_for(consultation_id), context=begun.context, durability=DURABILITY
+        )
+        return finish_turn(services, principal, consultation_id, state)
+    except BaseException:
+        undo_turn(services, principal, consultation_id, begun)
+        raise
 
 
 def stream_turn(
@@ -223,29 +280,56 @@ def stream_turn(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(event, data) pairs: ``node`` as each node finishes, ``token`` as the model writes, ``done``.
 
-    Access is checked and the message stored before this returns, so refusals are plain HTTP errors."""
-    state_in, context = begin_turn(services, principal, consultation_id, turn)
-    return _stream(services, principal, consultation_id, state_in, context)
+    Access is checked and the message stored before this returns, so refusals are plain HTTP errors.
+    A turn that fails once streaming ends with ``error`` (a problem+json object) instead of ``done``."""
+    begun = begin_turn(services, principal, consultation_id, turn)
+    return _stream(services, principal, consultation_id, begun)
 
 
 def _stream(
-    services: GatewayServices, principal: Principal, consultation_id: str, state_in, context
+    services: GatewayServices, principal: Principal, consultation_id: str, begun: BegunTurn
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     config = config_for(consultation_id)
-    for mode, payload in services.graph.stream(
-        state_in, config, context=context, stream_mode=["updates", "custom"], durability=DURABILITY
-    ):
-        if mode == "custom" and "token" in payload:
-            yield "token", {"text": payload["token"]}
-        elif mode == "updates":
-            for node in payload:
-                if node != "__interrupt__":
-                    yield "node", {"node": node}
-    state = services.graph.get_state(config)
-    values = dict(state.values)
-    if state.interrupts:
-        values["__interrupt__"] = state.interrupts
-    yield "done", finish_turn(services, principal, consultation_id, values)
+    outcome: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    events = services.graph.stream(
+        begun.state_in,
+        config,
+        context=begun.context,
+        stream_mode=["updates", "custom"],
+        durability=DURABILITY,
+    )
+    try:
+        for mode, payload in events:
+            if mode == "custom" and "token" in payload:
+                yield "token", {"text": payload["token"]}
+            elif mode == "updates":
+                for node in payload:
+                    if node != "__interrupt__":
+                        yield "node", {"node": node}
+        state = services.graph.get_state(config)
+        values = dict(state.values)
+        if state.interrupts:
+            values["__interrupt__"] = state.interrupts
+        outcome = finish_turn(services, principal, consultation_id, values)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the stream's error event
+        # The status line (200) went out with the first event: the failure is the stream's last event.
+        error = problem_of(exc)
+    finally:
+        # The graph's run ends (and writes its checkpoint) before the turn is undone; a client gone
+        # mid-stream (GeneratorExit) also ends it here, and its turn did not happen either.
+        events.close()
+        if outcome is None:
+            undo_turn(services, principal, consultation_id, begun)
+    if error is not None:
+        yield "error", error
+    else:
+        yield "done", outcome
+
+
+def problem_of(exc: Exception) -> dict[str, Any]:
+    """The problem+json object the API would answer ``exc`` with: a streamed turn's ``error`` event."""
+    return json.loads(bytes(problem_for(exc).body))
 
 
 def resume_review(

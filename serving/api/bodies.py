@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from serving.api.schemas import ChatRequest, MessageRequest
+from serving.api.schemas import MAX_RECORD_ID, ChatRequest, MessageRequest, ProblemOut
 from serving.problems import Problem
 from serving.settings import Settings
 from serving.turns import Upload
@@ -31,7 +31,8 @@ async def read_body(request: Request, model: type[BodyT], max_file_bytes: int) -
     """JSON, or multipart with text fields and up to MAX_FILES files; anything else is a 415."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        return model.model_validate_json(await request.body()), []
+        # Strict: in JSON an id is an integer, not true, 1.0 or "1" (form fields below are all text).
+        return model.model_validate_json(await request.body(), strict=True), []
     if content_type != "multipart/form-data":
         raise Problem(
             415,
@@ -61,7 +62,15 @@ async def _upload(key: str, value: UploadFile | str, max_file_bytes: int) -> Upl
     data = await value.read(max_file_bytes + 1)
     if len(data) > max_file_bytes:
         raise Problem(413, f"{value.filename or key} exceeds the limit of {max_file_bytes} bytes")
-    return Upload(name=value.filename or key, data=data)
+    return Upload(name=_file_name(value.filename) or key, data=data)
+
+
+def _file_name(name: str | None) -> str:
+    """The client's file name as a label only: printable, storable, and short."""
+    if not name:
+        return ""
+    cleaned = "".join(c for c in name if c.isprintable())  # drops controls and lone surrogates
+    return cleaned.replace("/", "_").replace("\\", "_")[-200:]
 
 
 def _field_problem(key: str, message: str) -> Problem:
@@ -93,6 +102,7 @@ def _json_or_form(json_schema: str, form: dict[str, Any]) -> dict[str, Any]:
 
 
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_RECORD_ID}
 CHAT_BODY = _json_or_form(
     "ChatRequest",
     _form({"message": {"type": "string"}, "thread_id": {"type": "string"}, "image": _FILES}, ["message"]),
@@ -104,7 +114,7 @@ MESSAGE_BODY = _json_or_form(
             "message": {"type": "string"},
             "request": {"type": "string", "enum": ["message", "image_task"]},
             "image_task": {"type": "string", "enum": [t.value for t in ImageTask]},
-            "study_id": {"type": "integer"},
+            "study_id": _ID,
             "files": _FILES,
         },
         ["message"],
@@ -116,7 +126,7 @@ STUDY_BODY = {
         "content": {
             "multipart/form-data": {
                 "schema": _form(
-                    {"file": {"type": "string", "format": "binary"}, "patient_id": {"type": "integer"}},
+                    {"file": {"type": "string", "format": "binary"}, "patient_id": _ID},
                     ["file"],
                 )
             }
@@ -125,18 +135,30 @@ STUDY_BODY = {
 }
 
 
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemOut"}}}
+
+
 def document_bodies(app: FastAPI) -> None:
-    """Put the JSON bodies that routes read themselves into the OpenAPI components: the request
-    bodies above refer to them, and FastAPI only lists the models it parses."""
+    """Put the JSON bodies that routes read themselves into the OpenAPI components (the request bodies
+    above refer to them, and FastAPI only lists the models it parses), and document every error answer
+    as what it is: problem+json (FastAPI would say application/json with its own validation schema)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
-            for model in (ChatRequest, MessageRequest):
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatRequest, MessageRequest, ProblemOut):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    for code, response in operation.get("responses", {}).items():
+                        if not code.startswith("2"):
+                            response["content"] = dict(_PROBLEM)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

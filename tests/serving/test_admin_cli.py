@@ -72,7 +72,7 @@ def test_the_first_users_come_before_any_server(tmp_path: Path, database_url: st
     """An operator migrates, creates people, lists them and revokes a token — no `serve` ever ran."""
     config = tmp_path / "fresh.yaml"
     config.write_text(f"data_dir: {tmp_path}\ndatabase_url: '{database_url}'\n")
-    assert "-> 0003" in _ok("db", "upgrade", "--config", str(config))
+    assert re.search(r"empty -> \d{4}", _ok("db", "upgrade", "--config", str(config)))
     admin = _ok("users", "add", "--name", "first-admin", "--role", "admin", "--config", str(config))
     token = re.search(r"token: (ha_\S+)", admin).group(1)
     patient = _ok("users", "add", "--name", "pat", "--role", "patient", "--config", str(config))

@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.api.bodies import CHAT_BODY, check_message, read_body
 from serving.api.deps import Caller, Services
 from serving.api.schemas import ERROR_RESPONSES, ChatRequest, ChatResponse
+from serving.observability import observe_turn
 from serving.turns import TurnInput, open_consultation, run_turn
 
 router = APIRouter(prefix="/v1/chat", tags=["consultations"], responses=ERROR_RESPONSES)
@@ -23,4 +24,5 @@ async def chat(request: Request, principal: Caller, services: Services) -> ChatR
     outcome = await run_in_threadpool(
         run_turn, services, principal, thread_id, TurnInput(body.message, uploads=uploads)
     )
+    observe_turn(outcome)
     return ChatResponse(thread_id=thread_id, **outcome)

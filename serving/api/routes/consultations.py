@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from serving.api.schemas import (
     MessageRequest,
     TurnResponse,
 )
+from serving.observability import observe_stream, observe_turn
 from serving.problems import Problem
 from serving.turns import TurnInput, open_consultation, records_for, run_turn, stream_turn
 
@@ -54,6 +56,8 @@ def create_consultation(body: ConsultationCreate, principal: Caller, services: S
 @router.get("/{consultation_id}", response_model=ConsultationOut)
 def get_consultation(consultation_id: str, records: RecordsSession) -> ConsultationOut:
     """A consultation with its messages (each answer with its provenance)."""
+    if not THREAD_ID.match(consultation_id):
+        raise Problem(404, "not found")
     return consultation_out(records, consultation_id, with_messages=True)
 
 
@@ -74,6 +78,7 @@ async def post_message(
     """Send a message (JSON, or multipart with pictures / DICOM files). With
     ``Accept: text/event-stream`` the answer streams: ``node`` events as the agent moves, ``token``
     events as the model writes, then ``done`` with the outcome."""
+    started = time.perf_counter()
     if not THREAD_ID.match(consultation_id):
         raise Problem(404, "not found")
     settings = services.settings
@@ -83,6 +88,8 @@ async def post_message(
     if "text/event-stream" in request.headers.get("accept", ""):
         # Access is checked and the message stored before the stream starts: refusals stay plain HTTP.
         events = await run_in_threadpool(stream_turn, services, principal, consultation_id, turn)
-        return StreamingResponse(iterate_in_threadpool(_sse(events)), media_type="text/event-stream")
+        stream = _sse(observe_stream(events, started))
+        return StreamingResponse(iterate_in_threadpool(stream), media_type="text/event-stream")
     outcome = await run_in_threadpool(run_turn, services, principal, consultation_id, turn)
+    observe_turn(outcome)
     return TurnResponse.model_validate(outcome)

@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from serving.api.deps import Physician, RecordsSession, Services
-from serving.api.schemas import ERROR_RESPONSES, ReadOut, SignoffRequest, TurnResponse
+from serving.api.schemas import ERROR_RESPONSES, PathId, ReadOut, SignoffRequest, TurnResponse
+from serving.observability import observe_turn
 from serving.problems import Problem
 from serving.turns import resume_review
 
@@ -14,17 +15,18 @@ router = APIRouter(prefix="/v1/reads", tags=["studies"], responses=ERROR_RESPONS
 
 
 @router.get("/{read_id}", response_model=ReadOut)
-def get_read(read_id: int, records: RecordsSession) -> ReadOut:
+def get_read(read_id: PathId, records: RecordsSession) -> ReadOut:
     """A read. Patients see their reads once a physician signed them."""
     return ReadOut.model_validate(records.get_read(read_id))
 
 
 @router.post("/{read_id}/signoff", response_model=TurnResponse)
 async def signoff(
-    read_id: int, body: SignoffRequest, principal: Physician, services: Services
+    read_id: PathId, body: SignoffRequest, principal: Physician, services: Services
 ) -> TurnResponse:
     """Sign the AI draft as it is, or correct it (the correction is kept as feedback on the adapter)."""
     if body.action == "correct" and not (body.text or "").strip():
         raise Problem(422, "text: a correction needs the corrected read")
     outcome = await run_in_threadpool(resume_review, services, principal, read_id, body.action, body.text)
+    observe_turn(outcome)
     return TurnResponse.model_validate(outcome)

@@ -8,7 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from memory.schema import Role
 from serving.api.bodies import STUDY_BODY, read_body
 from serving.api.deps import Caller, Physician, Services
-from serving.api.schemas import ERROR_RESPONSES, StudyForm, StudyOut, TurnResponse
+from serving.api.schemas import ERROR_RESPONSES, PathId, StudyForm, StudyOut, TurnResponse
+from serving.observability import observe_turn
 from serving.problems import Problem
 from serving.turns import TurnInput, ingest_study, open_consultation, records_for, run_turn
 
@@ -37,7 +38,7 @@ async def create_study(request: Request, principal: Caller, services: Services) 
 
 
 @router.post("/{study_id}/reads", status_code=201, response_model=TurnResponse)
-async def request_read(study_id: int, principal: Physician, services: Services) -> TurnResponse:
+async def request_read(study_id: PathId, principal: Physician, services: Services) -> TurnResponse:
     """A physician asks for an AI second read: it is drafted, stored as PRELIMINARY, and waits for
     sign-off (``POST /v1/reads/{id}/signoff``)."""
     with records_for(services, principal) as records:
@@ -45,4 +46,5 @@ async def request_read(study_id: int, principal: Physician, services: Services) 
     consultation_id = await run_in_threadpool(open_consultation, services, principal, patient_id)
     turn = TurnInput(f"Second read of study {study_id}", request="second_read", study_id=study_id)
     outcome = await run_in_threadpool(run_turn, services, principal, consultation_id, turn)
+    observe_turn(outcome)
     return TurnResponse.model_validate(outcome)

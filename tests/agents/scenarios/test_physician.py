@@ -40,8 +40,8 @@ def test_a_study_is_de_identified_before_it_is_kept(api) -> None:
     assert clean.PatientIdentityRemoved == "YES" and str(clean.PatientName) != str(original.PatientName)
     assert str(original.PatientName).encode() not in kept
     assert study["metadata"]["deidentification"]["pseudonym"]
-    # Nobody outside the care team may add a study to Pam's record.
-    assert upload_study(client, people.dr_who, people.pam_patient_id).status_code == 403
+    # Nobody outside the care team may add a study to Pam's record (told it does not exist).
+    assert upload_study(client, people.dr_who, people.pam_patient_id).status_code == 404
 
 
 def test_second_read_stays_preliminary_until_signed(api) -> None:
@@ -107,8 +107,8 @@ def test_a_correction_is_logged_as_feedback_with_the_adapter_version(api) -> Non
 def test_a_physician_outside_the_care_team_gets_nothing(api) -> None:
     client, people, _ = api
     study = upload_study(client, people.dr_doe, people.pam_patient_id).json()
-    assert client.post(f"/v1/studies/{study['id']}/reads", headers=auth(people.dr_who)).status_code == 403
+    assert client.post(f"/v1/studies/{study['id']}/reads", headers=auth(people.dr_who)).status_code == 404
     read_id = client.post(f"/v1/studies/{study['id']}/reads", headers=auth(people.dr_doe)).json()["read_id"]
     denied = client.post(f"/v1/reads/{read_id}/signoff", json={"action": "sign"}, headers=auth(people.dr_who))
-    assert denied.status_code == 403
+    assert denied.status_code == 404  # as for a missing read: outsiders cannot tell ids that exist
     assert client.get(f"/v1/reads/{read_id}", headers=auth(people.dr_doe)).json()["status"] == "preliminary"
