@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import redis
 from pydantic import BaseModel, Field
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset({"succeeded", "rejected", "failed", "cancelled"})
 RETENTION_S = 7 * 24 * 3600
 MAX_EVENTS_PER_JOB = 10_000
 

@@ -695,6 +695,10 @@ class Records:
         *,
         parent_id: int | None = None,
         metrics: dict[str, Any] | None = None,
+        path: str | None = None,
+        sha256: str | None = None,
+        status: AdapterStatus = AdapterStatus.candidate,
+        gate_passed: bool | None = None,
     ) -> AdapterVersion:
         self._authorize(Resource.adapter, Action.write, f"{plugin}:{version}")
         if parent_id is not None:
@@ -704,8 +708,18 @@ class Records:
         )
         if existing is not None:
             raise InvalidInput(f"adapter {plugin} {version} exists already; versions are immutable")
-        adapter = AdapterVersion(plugin=plugin, version=version, files=list(files), parent_id=parent_id,
-                                 metrics=_payload(metrics or {}, "metrics"))  # fmt: skip
+        adapter = AdapterVersion(
+            plugin=plugin,
+            version=version,
+            files=list(files),
+            parent_id=parent_id,
+            metrics=_payload(metrics or {}, "metrics"),
+            path=path,
+            sha256=sha256,
+            status=status,
+            gate_passed=gate_passed,
+            promoted_at=utcnow() if status is AdapterStatus.champion else None,
+        )
         self.session.add(adapter)
         self.session.flush()
         return adapter
@@ -720,6 +734,7 @@ class Records:
                 )
             ):
                 other.status = AdapterStatus.retired
+            adapter.promoted_at = utcnow()
         adapter.status = status
         self.session.flush()
         return adapter
@@ -731,34 +746,169 @@ class Records:
             query = query.where(AdapterVersion.plugin == plugin)
         return list(self.session.scalars(query))
 
-    def create_job(self, plugin: str, config: dict[str, Any]) -> FineTuneJob:
+    def champion(self, plugin: str) -> AdapterVersion | None:
+        """The version of ``plugin`` serving now, as registered (None: never registered: the base)."""
+        return self.session.scalar(
+            select(AdapterVersion).where(
+                AdapterVersion.plugin == plugin, AdapterVersion.status == AdapterStatus.champion
+            )
+        )
+
+    def find_adapter(self, version: str, plugin: str | None = None) -> AdapterVersion:
+        self._authorize(Resource.adapter, Action.read, version)
+        query = select(AdapterVersion).where(AdapterVersion.version == version)
+        if plugin is not None:
+            query = query.where(AdapterVersion.plugin == plugin)
+        found = list(self.session.scalars(query))
+        if not found:
+            raise NotFound(f"no adapter version {version!r}")
+        if len(found) > 1:
+            raise InvalidInput(f"version {version!r} names adapters of several plugins; give the plugin")
+        return found[0]
+
+    def previous_champion(self, plugin: str) -> AdapterVersion | None:
+        """What a rollback returns to: the retired version promoted most recently."""
+        return self.session.scalar(
+            select(AdapterVersion)
+            .where(
+                AdapterVersion.plugin == plugin,
+                AdapterVersion.status == AdapterStatus.retired,
+                AdapterVersion.promoted_at.is_not(None),
+            )
+            .order_by(AdapterVersion.promoted_at.desc(), AdapterVersion.id.desc())
+            .limit(1)
+        )
+
+    def promote_adapter(
+        self, adapter_id: int, reason: str, *, override_gate: bool = False, action: str = "promote"
+    ) -> tuple[AdapterVersion, AdapterVersion | None]:
+        """Make ``adapter_id`` its plugin's champion (the old one retires); audited with the reason. A
+        version that failed the gate (or was never gated) needs ``override_gate`` and a reason."""
+        adapter = self._get(AdapterVersion, adapter_id, "adapter version")
+        reason = _text(reason, 2000, "reason").strip()
+        if not reason:
+            raise InvalidInput("reason: say why (it goes into the audit log)")
+        if adapter.status is AdapterStatus.champion:
+            raise Conflict(f"{adapter.plugin} {adapter.version} is the champion already")
+        if adapter.gate_passed is not True and not override_gate:
+            raise Conflict(
+                f"{adapter.plugin} {adapter.version} did not pass the evaluation gate: promoting it needs "
+                "override_gate=true and a reason"
+            )
+        previous = self.champion(adapter.plugin)
+        self._authorize(Resource.adapter, Action.write, adapter.version)
+        self._audit(Resource.adapter, Action.write, adapter.version, detail={
+            "action": action, "plugin": adapter.plugin, "version": adapter.version, "reason": reason,
+            "override_gate": override_gate, "gate_passed": adapter.gate_passed,
+            "previous": previous.version if previous is not None else None})  # fmt: skip
+        if previous is not None:
+            previous.status = AdapterStatus.rolled_back if action == "rollback" else AdapterStatus.retired
+        adapter.status, adapter.promoted_at = AdapterStatus.champion, utcnow()
+        self.session.flush()
+        return adapter, previous
+
+    def create_job(
+        self, plugin: str, config: dict[str, Any], *, champion_version: str | None = None
+    ) -> FineTuneJob:
         self._authorize(Resource.job, Action.write, f"new:{plugin}")
-        job = FineTuneJob(plugin=plugin, requested_by=self.actor.user_id, config=_payload(config, "config"))
+        job = FineTuneJob(plugin=plugin, requested_by=self.actor.user_id, config=_payload(config, "config"),
+                          status=JobStatus.queued, champion_version=champion_version)  # fmt: skip
         self.session.add(job)
         self.session.flush()
         self.session.add(FineTuneJobEvent(job_id=job.id, status=job.status, message="created"))
         self.session.flush()
         return job
 
-    def advance_job(self, job_id: int, status: JobStatus, message: str = "") -> FineTuneJob:
+    def get_job(self, job_id: int) -> FineTuneJob:
+        job = self._get(FineTuneJob, job_id, "fine-tune job")
+        self._authorize(Resource.job, Action.read, job_id)
+        return job
+
+    def list_jobs(self, plugin: str | None = None, limit: int = 100) -> list[FineTuneJob]:
+        self._authorize(Resource.job, Action.read, plugin or "*")
+        query = select(FineTuneJob).order_by(FineTuneJob.id.desc()).limit(limit)
+        if plugin is not None:
+            query = query.where(FineTuneJob.plugin == plugin)
+        return list(self.session.scalars(query))
+
+    def active_jobs(self, plugin: str | None = None) -> list[FineTuneJob]:
+        """Jobs not finished yet (queued, running, evaluating), oldest first. Not audited: the runner's
+        bookkeeping, no record is disclosed."""
+        query = select(FineTuneJob).where(FineTuneJob.status.in_(ACTIVE_JOB_STATES)).order_by(FineTuneJob.id)
+        if plugin is not None:
+            query = query.where(FineTuneJob.plugin == plugin)
+        return list(self.session.scalars(query))
+
+    def advance_job(self, job_id: int, status: JobStatus, message: str = "", **fields: Any) -> FineTuneJob:
+        """Move a job to ``status`` (only along the allowed transitions), with the columns in ``fields``
+        (progress, dataset, gate, error, runner, result_adapter_id, champion_version)."""
         job = self._get(FineTuneJob, job_id, "fine-tune job")
         self._authorize(Resource.job, Action.write, job_id)
         allowed = _JOB_TRANSITIONS[job.status]
-        if status not in allowed:
-            raise InvalidInput(f"a {job.status} job cannot become {status}")
+        if status not in allowed and status is not job.status:
+            raise Conflict(f"a {job.status} job cannot become {status}")
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown job fields {sorted(unknown)}")
+        for key, value in fields.items():
+            setattr(job, key, value)
+        if status is not job.status:
+            self.session.add(
+                FineTuneJobEvent(job_id=job_id, status=status, message=_text(message, 2000, "message"))
+            )
         job.status, job.updated_at = status, utcnow()
-        self.session.add(
-            FineTuneJobEvent(job_id=job_id, status=status, message=_text(message, 2000, "message"))
-        )
+        if status in TERMINAL_JOB_STATES:
+            job.finished_at = job.updated_at
+        self.session.flush()
+        return job
+
+    def touch_job(self, job_id: int, **fields: Any) -> None:
+        """The runner's heartbeat and progress (no status change, not audited: bookkeeping, no access)."""
+        unknown = set(fields) - {"progress", "runner"}
+        if unknown:
+            raise InvalidInput(f"unknown job fields {sorted(unknown)}")
+        job = self._get(FineTuneJob, job_id, "fine-tune job")
+        for key, value in fields.items():
+            setattr(job, key, value)
+        job.updated_at = utcnow()
+        self.session.flush()
+
+    def request_cancel(self, job_id: int) -> FineTuneJob:
+        """Ask a job to stop; a queued one is cancelled at once, a running one at its next step."""
+        job = self._get(FineTuneJob, job_id, "fine-tune job")
+        self._authorize(Resource.job, Action.write, f"{job_id}:cancel")
+        if job.status in TERMINAL_JOB_STATES:
+            raise Conflict(f"job {job_id} is {job.status} already")
+        job.cancel_requested = True
+        if job.status is JobStatus.queued and job.runner is None:
+            return self.advance_job(job_id, JobStatus.cancelled, "cancelled before it started")
         self.session.flush()
         return job
 
 
+class Conflict(InvalidInput):
+    """The record is not in a state that allows this (the API answers 409)."""
+
+
+ACTIVE_JOB_STATES = (JobStatus.validating, JobStatus.queued, JobStatus.running, JobStatus.evaluating)
+TERMINAL_JOB_STATES = frozenset(
+    {JobStatus.succeeded, JobStatus.rejected, JobStatus.failed, JobStatus.cancelled}
+)
+_JOB_FIELDS = {"progress", "dataset", "gate", "error", "runner", "result_adapter_id", "champion_version"}
 _JOB_TRANSITIONS = {
     JobStatus.validating: {JobStatus.queued, JobStatus.failed, JobStatus.cancelled},
-    JobStatus.queued: {JobStatus.running, JobStatus.cancelled},
-    JobStatus.running: {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled},
+    JobStatus.queued: {JobStatus.running, JobStatus.failed, JobStatus.cancelled},
+    # running -> queued: a job resumed after its runner went away (see serving.finetune)
+    JobStatus.running: {JobStatus.evaluating, JobStatus.queued, JobStatus.failed, JobStatus.cancelled},
+    JobStatus.evaluating: {
+        JobStatus.succeeded,
+        JobStatus.rejected,
+        JobStatus.queued,
+        JobStatus.failed,
+        JobStatus.cancelled,
+    },
     JobStatus.succeeded: set(),
+    JobStatus.rejected: set(),
     JobStatus.failed: set(),
     JobStatus.cancelled: set(),
 }

@@ -230,6 +230,7 @@ class AdapterStatus(enum.StrEnum):
     champion = "champion"
     retired = "retired"
     rolled_back = "rolled_back"
+    rejected = "rejected"  # failed the evaluation gate: never served unless an admin overrides, audited
 
 
 class AdapterVersion(Base):
@@ -246,13 +247,25 @@ class AdapterVersion(Base):
         _enum(AdapterStatus, "adapter_status"), default=AdapterStatus.candidate
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The content-addressed folder (data_dir/adapters/<plugin>/<sha256>) and the sha256 of its weights,
+    # checked before every load; both NULL for the base model's own plugin (its spec names the files).
+    path: Mapped[str | None] = mapped_column(String(1000), default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    gate_passed: Mapped[bool | None] = mapped_column(default=None)
+    # Set each time the version becomes champion: rollback returns to the latest earlier one.
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class JobStatus(enum.StrEnum):
+    """queued → running → evaluating → succeeded (gate passed: a candidate) | rejected (gate failed) |
+    failed | cancelled. ``validating`` is kept for rows written before revision 0004."""
+
     validating = "validating"
     queued = "queued"
     running = "running"
+    evaluating = "evaluating"
     succeeded = "succeeded"
+    rejected = "rejected"
     failed = "failed"
     cancelled = "cancelled"
 
@@ -268,6 +281,14 @@ class FineTuneJob(Base):
     result_adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    champion_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the latest step
+    dataset: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # snapshot digest, counts
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the GateReport
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # why it failed
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    runner: Mapped[str | None] = mapped_column(String(200), default=None)  # which process runs it
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class FineTuneJobEvent(Base):

@@ -3,6 +3,7 @@ reads both) plus a JSON file with what is needed to rebuild the plugin and trace
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,3 +86,25 @@ def with_adapter(spec: ModelSpec, plugin: str, adapter_dir: Path) -> ModelSpec:
     return spec.model_copy(
         update={"plugins": {**spec.plugins, plugin: plugin_spec}, "adapter_version": metadata["version"]}
     )
+
+
+class AdapterIntegrityError(ValueError):
+    """An adapter's weights are not the bytes that were registered."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(files: list[Path], sha256: str) -> None:
+    """Refuse to load an adapter whose weights (one file, as :func:`save_adapter` writes) differ from the
+    registered sha256 — a changed, truncated or swapped file."""
+    if len(files) != 1:
+        raise AdapterIntegrityError(f"a registered adapter has one weights file, not {len(files)}")
+    found = file_sha256(files[0])
+    if found != sha256:
+        raise AdapterIntegrityError(f"{files[0]}: sha256 {found} is not the registered {sha256}")

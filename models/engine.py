@@ -157,8 +157,16 @@ class BatchEngine:
         version = model.spec.adapter_version
         # alias -> (loaded plugin key, adapter version)
         self._aliases: dict[str, tuple[str, str]] = {name: (name, version) for name in model.spec.plugins}
+        self._resident = dict(self._aliases)  # what the spec loaded: a rollback to it reuses those tensors
         self._retiring: set[str] = set()
         self.steps = 0
+        # Running totals for monitoring, written by the loop thread only (serving exports them). Mean
+        # batch size = batch_rows / forward_passes; mean time to first token = first_token_s / first_tokens.
+        self.tokens_generated = 0
+        self.forward_passes = 0
+        self.batch_rows = 0
+        self.first_tokens = 0
+        self.first_token_s = 0.0
         self._thread = threading.Thread(target=self._loop, name="healthgpt-engine", daemon=True)
         self._thread.start()
 
@@ -201,7 +209,8 @@ class BatchEngine:
         current_key, current_version = self.resolve(plugin)
         if version == current_version:
             return
-        key = f"{plugin}@{version}"
+        # Back to the spec's own version (a rollback to the base): its resident tensors serve again.
+        key = plugin if self._resident.get(plugin) == (plugin, version) else f"{plugin}@{version}"
         if key not in self.model.spec.plugins:
             self.model.add_plugin(key, spec)  # decoding goes on meanwhile
         with self._cond:
@@ -322,6 +331,8 @@ class BatchEngine:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         keep = []
         now = time.monotonic()
+        self.forward_passes += 1
+        self.batch_rows += len(rows)
         for i, row in enumerate(rows):
             job, r = row.job, row.job.request
             if job.cancelled:
@@ -333,8 +344,11 @@ class BatchEngine:
             token = model.next_token(logits[i], r.constrain_vq, job.generated)
             job.generated.append(token)
             job.logprobs.append(float(logprobs[i, token]))
+            self.tokens_generated += 1
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()
+                self.first_tokens += 1
+                self.first_token_s += job.first_token_at - job.submitted
             finished = token in model.eos_token_ids or len(job.generated) >= r.max_new_tokens
             text, stopped = self._text(job)
             if text != job.text:

@@ -18,6 +18,7 @@ from tools.healthgpt import (
     ImageRequest,
     ImageResult,
     ModelHealth,
+    PromptSize,
     ScoreRequest,
     ScoreResult,
 )
@@ -53,13 +54,18 @@ class HealthGPTDeployment:
         """Adapter hot-swap: load each named version beside the old one and switch between steps.
 
         ``user_config``: ``{"adapters": {"comprehension": {"version": "2026-11-20", "weights":
-        ["/adapters/c.safetensors"]}}}`` (r, alpha, experts, vision_layer default to the current plugin's).
+        ["/adapters/c.safetensors"], "sha256": "…"}}}`` (r, alpha, experts, vision_layer default to the
+        current plugin's; ``sha256``, when given, must match the weights file or nothing changes).
         """
+        from models.adapters import verify_weights
         from models.spec import PluginSpec
 
         for plugin, entry in (user_config.get("adapters") or {}).items():
             entry = dict(entry)
             version = str(entry.pop("version"))
+            sha256 = entry.pop("sha256", None)  # registered adapters: checked before they load
+            if sha256 is not None:
+                verify_weights([Path(f) for f in entry.get("weights", [])], str(sha256))
             current = self.client.model.spec.plugins[self.client.engine.resolve(plugin)[0]]
             spec = PluginSpec.model_validate({**current.model_dump(), **entry})
             self.client.engine.load_adapter(plugin, version, spec)
@@ -91,6 +97,13 @@ class HealthGPTDeployment:
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         return await asyncio.to_thread(self.client.score, request)
+
+    async def prompt_size(
+        self, question: str, has_image: bool = False, plugin: str = "comprehension"
+    ) -> PromptSize:
+        """How many prompt tokens a question takes here, against this engine's limit (no forward pass):
+        the gateway checks a message fits before storing it."""
+        return await asyncio.to_thread(self.client.prompt_size, question, has_image, plugin)
 
     def info(self) -> ModelHealth:
         return self.client.info()

@@ -51,6 +51,53 @@ class RateLimitSettings(BaseModel):
     per_minute: float = Field(default=60.0, gt=0, description="Sustained requests per minute per user.")
 
 
+class FineTuneSettings(BaseModel):
+    """Feedback refresh jobs (``POST /v1/admin/finetunes``): where they run and how they train. The stage
+    3 preset of the paper (models.training.presets) gives every hyperparameter left empty here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    executor: Literal["auto", "ray", "process", "thread"] = Field(
+        default="auto",
+        description="auto: a Ray Train TorchTrainer when the gateway runs on Ray, else a child process. "
+        "process: a child process of the gateway (killable, never holds the GIL of serving). thread: in the "
+        "gateway process (tests, debugging).",
+    )
+    num_workers: int = Field(
+        default=1, ge=1, le=1, description="Ray Train workers (the refresh trains one plugin on one device)."
+    )
+    use_gpu: bool = Field(default=False, description="Ray Train workers ask for a GPU each.")
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1, description="torch threads in the trainer.")
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    projector_lr: float | None = Field(default=None, ge=0)
+    dropout: float | None = Field(default=None, ge=0, le=1)
+    schedule: Literal["warmup_cosine", "constant"] | None = None
+    warmup_ratio: float | None = Field(default=None, ge=0, le=1)
+    seed: int = 0
+    min_examples: int = Field(default=8, ge=1, description="Training rows a job needs at the least.")
+    heldout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    regression_set: Path | None = Field(
+        default=None, description="A frozen multiple-choice VQA set (tools.finetune.vqa); empty = shipped."
+    )
+    heldout_margin: float = Field(default=0.02, description="Gate (a): nats/token the challenger must gain.")
+    regression_tolerance: float = Field(default=0.02, ge=0, le=1)
+    reliance_min: float = Field(default=0.01, ge=0)
+    reliance_tolerance: float = Field(default=0.2, ge=0, le=1)
+    resume_on_start: bool = Field(
+        default=True,
+        description="A job whose runner went away (gateway restart) is resumed from its last checkpoint; "
+        "off: it is marked failed with that reason.",
+    )
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="A job without a heartbeat for this long has lost its runner."
+    )
+    heartbeat_s: float = Field(default=2.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the service needs to start. See ``configs/local.yaml`` for the embedded profile."""
 
@@ -102,6 +149,7 @@ class Settings(BaseSettings):
         default=None, description="Content-addressed store of uploaded images; empty = data_dir/pixels."
     )
     ray: RaySettings = RaySettings()
+    finetune: FineTuneSettings = FineTuneSettings()
 
     @field_validator("bootstrap_token", mode="after")
     @classmethod
@@ -151,6 +199,16 @@ class Settings(BaseSettings):
     @property
     def resolved_pixel_dir(self) -> Path:
         return (self.pixel_dir or self.data_dir / "pixels").resolve()
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Registered adapters, content-addressed: ``<plugin>/<sha256 of the weights>/``."""
+        return (self.data_dir / "adapters").resolve()
+
+    @property
+    def finetune_dir(self) -> Path:
+        """Each job's dataset snapshot, checkpoints and unfinished adapter: ``job-<id>/``."""
+        return (self.data_dir / "finetune").resolve()
 
     @property
     def model_dir(self) -> Path:

@@ -9,12 +9,14 @@ small one is unsure or the case is flagged complex.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from models.contract import GenerationRequest
 from tools.images import decode_image
@@ -23,15 +25,25 @@ if TYPE_CHECKING:  # the model stack loads torch: only InProcessHealthGPT needs 
     from models.engine import BatchEngine, Job
     from models.healthgpt import Answer, HealthGPT
 
+log = logging.getLogger(__name__)
+
+
+class Signer(BaseModel):
+    user_id: int
+    name: str
+
 
 class Provenance(BaseModel):
-    """Which model produced an output; attached to everything a model says."""
+    """Who produced an output: the model (model text), a physician (``author="physician"``: no model
+    fields), or the model's draft signed as it is by a physician (``author="ai+physician"``)."""
 
-    model: str
-    plugin: str
-    adapter_version: str
-    demo_weights: bool
-    seconds: float = Field(ge=0)
+    model: str | None = None
+    plugin: str | None = None
+    adapter_version: str | None = None
+    demo_weights: bool = False
+    seconds: float | None = Field(default=None, ge=0)
+    author: Literal["ai", "physician", "ai+physician"] = "ai"
+    signed_by: Signer | None = Field(default=None, description="The physician who signed or wrote it.")
     escalated_from: str | None = Field(default=None, description="The model the cascade escalated from.")
     escalation_reason: str | None = None
     triage: dict[str, Any] | None = Field(
@@ -74,15 +86,39 @@ TASK_INSTRUCTIONS: dict[ImageTask, str] = {
 
 class ImageRequest(BaseModel):
     task: ImageTask
-    image: bytes | None = Field(default=None, description="The source image (every task but text_to_image).")
-    instruction: str | None = Field(default=None, description="Text for text_to_image; else the task's own.")
+    # validate_default: a request that cannot run is invalid when made (the API answers 422 naming the
+    # field), not a ValueError deep in the model call (which answered 500).
+    image: bytes | None = Field(
+        default=None,
+        validate_default=True,
+        description="The source image (every task but text_to_image).",
+    )
+    instruction: str | None = Field(
+        default=None, validate_default=True, description="Text for text_to_image; else the task's own."
+    )
     plugin: str = "generation"
+
+    @field_validator("image")
+    @classmethod
+    def _source_for_task(cls, value: bytes | None, info: ValidationInfo) -> bytes | None:
+        task = info.data.get("task")
+        if value is None and task is not None and task is not ImageTask.text_to_image:
+            raise PydanticCustomError(
+                "image_required",
+                "{task} needs a source image: attach a picture or a DICOM study, or name a study_id",
+                {"task": task.value},
+            )
+        return value
 
     @field_validator("instruction")
     @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
+    def _not_blank(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("instruction must not be blank")
+        if value is None and info.data.get("task") is ImageTask.text_to_image:
+            raise PydanticCustomError(
+                "instruction_required", "text_to_image needs an instruction describing the image"
+            )
         return value
 
     def prompt(self) -> str:
@@ -138,8 +174,23 @@ class ModelHealth(BaseModel):
     demo_weights: bool
 
 
+class PromptSize(BaseModel):
+    """A prompt's length in the model's own tokens, and the most the model's engine accepts."""
+
+    tokens: int = Field(ge=0)
+    limit: int = Field(ge=1)
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens <= self.limit
+
+
 class HealthGPTClient(Protocol):
     def ask(self, request: AskRequest) -> AskResult: ...
+    # None: this host cannot tell (the engine still refuses an over-long prompt when it is asked).
+    def prompt_size(
+        self, question: str, has_image: bool = False, plugin: str = "comprehension"
+    ) -> PromptSize | None: ...
     def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]: ...
     def generate_image(self, request: ImageRequest) -> ImageResult: ...
     def score(self, request: ScoreRequest) -> ScoreResult: ...
@@ -196,6 +247,18 @@ class InProcessHealthGPT:
 
     def ask(self, request: AskRequest) -> AskResult:
         return self.to_result(self.submit(request).result(self.timeout_s))
+
+    def prompt_size(
+        self, question: str, has_image: bool = False, plugin: str = "comprehension"
+    ) -> PromptSize:
+        """Counted as the engine's prefill counts it (models.engine), without running the model: the
+        templated prompt's token ids, the image placeholder standing for one feature per CLIP patch."""
+        key, _ = self.engine.resolve(plugin)
+        tokens = len(self.model.input_ids(self.model.prompt_for(question, has_image, key)))
+        if has_image:
+            vision = self.model.vision.config
+            tokens += (vision.image_size // vision.patch_size) ** 2 - 1
+        return PromptSize(tokens=tokens, limit=self.engine.limits.max_prompt_tokens)
 
     def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
         """Yields text as it is decoded, then the full result; closing the iterator cancels the request."""
@@ -274,6 +337,7 @@ class RayServeHealthGPT:
         self.handle = handle
         self.timeout_s = timeout_s
         self.retries = retries
+        self._counts = True  # False once the deployment turned out to have no prompt_size
 
     def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         from ray.exceptions import RayActorError
@@ -290,6 +354,21 @@ class RayServeHealthGPT:
 
     def ask(self, request: AskRequest) -> AskResult:
         return self._call("ask", request)
+
+    def prompt_size(
+        self, question: str, has_image: bool = False, plugin: str = "comprehension"
+    ) -> PromptSize | None:
+        # Only a pre-check (the replica's engine enforces the limit and a failed turn is rolled back),
+        # so a replica that cannot count, such as one deployed before this method existed, is no error.
+        if not self._counts:
+            return None
+        try:
+            return self._call("prompt_size", question, has_image, plugin, timeout_s=30.0)
+        except Exception as exc:  # noqa: BLE001 - see above
+            if "'prompt_size' that does not exist" in str(exc):  # Serve's answer: ask it no more
+                self._counts = False
+            log.warning("the model replica could not count a prompt: %s", type(exc).__name__)
+            return None
 
     def ask_stream(self, request: AskRequest) -> Iterator[AskChunk]:
         # Not retried: part of the answer may already be on its way to the user.
@@ -348,7 +427,19 @@ class CascadeHealthGPT:
         # The primary's name comes from its answer when there is one: no call to the replica for it.
         provenance.escalated_from = first.provenance.model if first else self.primary.info().model
         provenance.escalation_reason = reason
-        provenance.seconds += first.provenance.seconds if first else 0.0
+        earlier = (first.provenance.seconds or 0.0) if first else 0.0
+        provenance.seconds = (provenance.seconds or 0.0) + earlier
+
+    def prompt_size(
+        self, question: str, has_image: bool = False, plugin: str = "comprehension"
+    ) -> PromptSize | None:
+        """The tighter of the two models: either may have to answer."""
+        sizes = [
+            size
+            for client in (self.primary, self.escalation)
+            if (size := client.prompt_size(question, has_image, plugin)) is not None
+        ]
+        return max(sizes, key=lambda s: s.tokens - s.limit, default=None)
 
     def ask(self, request: AskRequest) -> AskResult:
         first, reason = self._triage(request)

@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serving.cli.common import JsonFlag, fail
+from serving.cli.common import ConfigOption, JsonFlag, fail, operator_records
 from serving.cli.model import load_model
 
 if TYPE_CHECKING:
     from models.training import Progress
 
-adapters_app = typer.Typer(help="Train H-LoRA adapters offline.", no_args_is_help=True)
+adapters_app = typer.Typer(
+    help="H-LoRA adapters: train and evaluate offline, the registry and jobs, promote and roll back.",
+    no_args_is_help=True,
+)
 StartOption = Annotated[
     Path | None,
     typer.Option(
@@ -132,3 +135,173 @@ def train_command(
     else:
         for key, value in payload.items():
             typer.echo(f"{key}: {value}")
+
+
+# -- the registry and the jobs (the database) and the live service (its admin API) ----------------------
+PluginFilter = Annotated[str | None, typer.Option("--plugin", help="Only this plugin.")]
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="HEALTHAGENT_URL", help="The running service (its admin API).")
+]
+TokenOption = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="HEALTHAGENT_TOKEN",
+        help="An admin's API token (prefer the variable).",
+        show_default=False,
+    ),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
+
+
+@adapters_app.command("list")
+def list_command(config: ConfigOption = None, plugin: PluginFilter = None, as_json: JsonFlag = False) -> None:
+    """Registered adapter versions: plugin, version, status (candidate, champion, retired, rejected …)."""
+    with operator_records(config) as records:
+        rows = [
+            {
+                "id": row.id,
+                "plugin": row.plugin,
+                "version": row.version,
+                "status": str(row.status),
+                "gate_passed": row.gate_passed,
+                "sha256": row.sha256,
+                "created_at": row.created_at.isoformat() if row.created_at else None,
+            }
+            for row in records.list_adapters(plugin)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no adapter versions registered yet (the first fine-tune registers the base as champion)")
+    for row in rows:
+        gate = {True: "gate passed", False: "gate FAILED", None: "no gate"}[row["gate_passed"]]
+        typer.echo(f"{row['id']:>4}  {row['plugin']:<14} {row['version']:<32} {row['status']:<12} {gate}")
+
+
+@adapters_app.command("jobs")
+def jobs_command(config: ConfigOption = None, plugin: PluginFilter = None, as_json: JsonFlag = False) -> None:
+    """Fine-tune jobs, newest first: status, progress, gate outcome, error."""
+    with operator_records(config) as records:
+        rows = [
+            {
+                "id": job.id,
+                "plugin": job.plugin,
+                "status": str(job.status),
+                "progress": job.progress,
+                "gate_passed": (job.gate or {}).get("passed"),
+                "error": job.error,
+                "created_at": job.created_at.isoformat() if job.created_at else None,
+            }
+            for job in records.list_jobs(plugin)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no fine-tune jobs yet")
+    for row in rows:
+        step = row["progress"] or {}
+        where = f"step {step.get('step')}/{step.get('total_steps')}" if step else ""
+        gate = {True: "gate passed", False: "gate failed", None: ""}[row["gate_passed"]]
+        typer.echo(
+            f"{row['id']:>4}  {row['plugin']:<14} {row['status']:<11} {where:<14} {gate} {row['error'] or ''}"
+        )
+
+
+@adapters_app.command("evaluate")
+def evaluate_command(
+    spec: Annotated[str, typer.Option("--spec", help="Model spec YAML, or 'tiny'.")],
+    plugin: Annotated[str, typer.Option("--plugin", help="The plugin both adapters are for.")],
+    challenger: Annotated[Path, typer.Option("--challenger", help="The adapter folder to judge.")],
+    heldout: Annotated[Path, typer.Option("--heldout", help="JSONL {question, answer, image?} rows.")],
+    champion: Annotated[
+        Path | None, typer.Option("--champion", help="The adapter folder to beat (default: the spec's).")
+    ] = None,
+    regression: Annotated[
+        Path | None, typer.Option("--regression", help="A frozen VQA regression set (default: shipped).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the evaluation gate offline: held-out log-prob margin, VQA regression, image reliance. Exit 1
+    when the challenger fails."""
+    from models.training import read_rows
+    from tools.finetune.gate import run_gate
+    from tools.finetune.vqa import load_regression_set
+
+    try:
+        rows = read_rows(heldout)
+        regression_set = load_regression_set(regression) if regression else None
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    model = load_model(spec, None, plugin)
+    try:
+        report = run_gate(
+            model, plugin, challenger, heldout=rows, champion=champion, regression=regression_set
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(report.model_dump_json())
+    else:
+        for check in report.checks:
+            figures = f"champion {check.champion} -> challenger {check.challenger}"
+            typer.echo(f"{'pass' if check.passed else 'FAIL'}  {check.name}: {figures} ({check.rule})")
+        typer.echo("gate passed" if report.passed else "gate FAILED")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def _admin_call(url: str, token: str, path: str, body: dict) -> dict:
+    """Promotion swaps adapters on the live replicas, so it goes through the running service."""
+    import httpx
+
+    try:
+        response = httpx.post(
+            url.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the service at {url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        fail(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+@adapters_app.command("promote")
+def promote_command(
+    version: Annotated[str, typer.Argument(help="The adapter version to make champion.")],
+    reason: ReasonOption,
+    token: TokenOption,
+    url: UrlOption = "http://127.0.0.1:8000",
+    override_gate: Annotated[
+        bool, typer.Option("--override-gate", help="Promote a version whose gate failed (audited).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make VERSION its plugin's champion on every replica, without downtime (the running service's
+    ``POST /v1/admin/adapters/{version}/promote``)."""
+    result = _admin_call(
+        url,
+        token,
+        f"/v1/admin/adapters/{version}/promote",
+        {"reason": reason, "override_gate": override_gate},
+    )
+    typer.echo(json.dumps(result) if as_json else f"promoted: {json.dumps(result)}")
+
+
+@adapters_app.command("rollback")
+def rollback_command(
+    plugin: Annotated[str, typer.Argument(help="The plugin whose previous champion comes back.")],
+    reason: ReasonOption,
+    token: TokenOption,
+    url: UrlOption = "http://127.0.0.1:8000",
+    as_json: JsonFlag = False,
+) -> None:
+    """Bring back PLUGIN's previous champion on every replica (the service's rollback call)."""
+    result = _admin_call(url, token, f"/v1/admin/adapters/{plugin}/rollback", {"reason": reason})
+    typer.echo(json.dumps(result) if as_json else f"rolled back: {json.dumps(result)}")

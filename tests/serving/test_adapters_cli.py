@@ -44,7 +44,7 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
-def _json(*args: str) -> dict:
+def _json(*args: str) -> dict | list:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -178,3 +178,36 @@ def test_bad_inputs_are_clear_errors(spec: str, data: Path, tmp_path: Path) -> N
         app, ["model", "ask", "--spec", spec, "--question", "q", "--adapter", str(tmp_path)]
     )
     assert result.exit_code == 2 and "adapter.json" in result.output
+
+
+def test_evaluate_runs_the_gate_offline_and_exits_1_on_a_failed_challenger(
+    spec: str, data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "short"
+    trained = _json(
+        "adapters", "train", "--spec", spec, "--plugin", "comprehension", "--data", str(data),
+        "--out", str(out), "--epochs", "2", "--batch-size", "2", "--seed", "1", "--json",
+    )  # fmt: skip
+    assert trained["out"] == str(out)
+    result = runner.invoke(
+        app,
+        ["adapters", "evaluate", "--spec", spec, "--plugin", "comprehension", "--challenger", str(out),
+         "--heldout", str(data), "--json"],
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {c["name"] for c in report["checks"]} == {"heldout_logprob", "regression_vqa", "image_reliance"}
+    assert result.exit_code == (0 if report["passed"] else 1)
+
+
+def test_registry_and_jobs_on_a_fresh_database_and_promotion_needs_the_service(tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    assert runner.invoke(app, ["db", "upgrade", "--config", str(config)]).exit_code == 0
+    assert _json("adapters", "list", "--config", str(config), "--json") == []
+    assert _json("adapters", "jobs", "--config", str(config), "--json") == []
+    unreachable = runner.invoke(
+        app,
+        ["adapters", "promote", "v2", "--reason", "better", "--token", "ha_x", "--url", "http://127.0.0.1:9"],
+    )
+    assert unreachable.exit_code == 2 and "cannot reach the service" in unreachable.output

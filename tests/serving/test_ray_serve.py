@@ -148,5 +148,8 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(local_ray: Path) -> N
     else:
         pytest.fail("the killed replica was not replaced")
     assert handle.ask.remote(AskRequest(question="still there?", max_new_tokens=2)).result(timeout_s=60)
+    # The gateway's pre-check counts a prompt on the replica, as its engine would (no forward pass).
+    size = RayServeHealthGPT(handle).prompt_size("how long is this?")
+    assert size is not None and 0 < size.tokens < size.limit == 4096
     print(f"\nkill under load: {len(load.versions)} served, {len(load.failures)} failed: {load.failures}")
     serve.delete("fault")

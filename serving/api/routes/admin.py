@@ -1,11 +1,35 @@
-"""Administration: feedback counts and adapter versions, never patient data."""
+"""Administration: feedback counts, adapter versions, fine-tune jobs, promotion and rollback — never
+patient data. Every action is audited (memory.records)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from collections.abc import Iterator
 
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from memory.schema import AdapterVersion, FineTuneJob
 from serving.api.deps import Admin, RecordsSession, Services
-from serving.api.schemas import ERROR_RESPONSES, AdapterOut, AdaptersOut, FeedbackCount
+from serving.api.schemas import (
+    ERROR_RESPONSES,
+    AdapterOut,
+    AdaptersOut,
+    FeedbackCount,
+    FineTuneAccepted,
+    FineTuneCreate,
+    FineTuneOut,
+    GateOut,
+    JobEventOut,
+    PathId,
+    PluginName,
+    PromoteRequest,
+    PromotionOut,
+    RollbackRequest,
+)
+from serving.problems import Problem
+from serving.services import GatewayServices
 from serving.turns import records_for
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERROR_RESPONSES)
@@ -24,3 +48,148 @@ def adapters(principal: Admin, services: Services) -> AdaptersOut:
         registered = [AdapterOut.model_validate(a) for a in records.list_adapters()]
     # Asked after the transaction closes: the model may take seconds to answer.
     return AdaptersOut(registered=registered, serving=services.model.info())
+
+
+def _finetunes(services: GatewayServices):
+    if services.finetunes is None:
+        raise Problem(503, "this gateway runs no fine-tune jobs")
+    return services.finetunes
+
+
+def job_out(job: FineTuneJob, candidate: AdapterVersion | None) -> FineTuneOut:
+    gate = GateOut.model_validate(job.gate) if job.gate else None
+    return FineTuneOut(
+        id=job.id,
+        plugin=job.plugin,
+        status=job.status,
+        config=job.config or {},
+        champion_version=job.champion_version,
+        candidate_version=candidate.version if candidate is not None else None,
+        progress=job.progress,
+        dataset=job.dataset,
+        gate=gate,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _job_out(records, job: FineTuneJob) -> FineTuneOut:
+    candidate = records.session.get(AdapterVersion, job.result_adapter_id) if job.result_adapter_id else None
+    return job_out(job, candidate)
+
+
+@router.post("/finetunes", status_code=202, response_model=FineTuneAccepted)
+def start_finetune(body: FineTuneCreate, principal: Admin, services: Services) -> FineTuneAccepted:
+    """Start a fine-tune of a plugin on the feedback gathered since its champion: a dataset snapshot,
+    stage-3 training, the evaluation gate, and a candidate (or rejected) adapter. Runs in the background;
+    follow it at ``/v1/admin/finetunes/{id}`` and ``…/events``. One job per plugin at a time (409)."""
+    from serving.finetune import JobRequest
+
+    request = JobRequest(body.plugin, body.method, body.since, body.min_examples, body.epochs)
+    service = _finetunes(services)
+    job = _domain(lambda: service.submit(principal, request))
+    return FineTuneAccepted.model_validate(job)
+
+
+def _domain(call):
+    """Domain errors raised outside a records transaction, answered like the records' own."""
+    from memory.records import AccessDenied, Conflict, InvalidInput, NotFound
+
+    try:
+        return call()
+    except Conflict as exc:
+        raise Problem(409, str(exc)) from exc
+    except (NotFound, AccessDenied) as exc:
+        raise Problem(404, "not found") from exc
+    except InvalidInput as exc:
+        raise Problem(422, str(exc)) from exc
+
+
+@router.get("/finetunes", response_model=list[FineTuneOut])
+def list_finetunes(
+    _admin: Admin,
+    records: RecordsSession,
+    plugin: PluginName | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[FineTuneOut]:
+    """Fine-tune jobs, newest first."""
+    return [_job_out(records, job) for job in records.list_jobs(plugin, limit)]
+
+
+@router.get("/finetunes/{job_id}", response_model=FineTuneOut)
+def get_finetune(job_id: PathId, _admin: Admin, records: RecordsSession) -> FineTuneOut:
+    """A job: its status, latest progress, dataset, the gate's report and the candidate version."""
+    return _job_out(records, records.get_job(job_id))
+
+
+def _sse(events: Iterator) -> Iterator[str]:
+    for event in events:
+        yield f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(event.data, default=str)}\n\n"
+
+
+@router.get(
+    "/finetunes/{job_id}/events",
+    response_model=list[JobEventOut],
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}},
+)
+def finetune_events(
+    job_id: PathId, request: Request, principal: Admin, services: Services
+) -> list[JobEventOut] | StreamingResponse:
+    """The job's progress events. With ``Accept: text/event-stream``: the history, then live events
+    until the job ends (``Last-Event-ID`` resumes after an event); otherwise the history as JSON."""
+    with records_for(services, principal) as records:
+        records.get_job(job_id)  # exists, and the read is audited
+    events = services.backends.events
+    if "text/event-stream" in request.headers.get("accept", ""):
+        after = request.headers.get("last-event-id") or None
+        stream = _sse(events.follow(job_id, after=after, timeout_s=30.0))
+        return StreamingResponse(iterate_in_threadpool(stream), media_type="text/event-stream")
+    return [JobEventOut.model_validate(e.model_dump()) for e in events.history(job_id)]
+
+
+@router.post("/finetunes/{job_id}/cancel", status_code=202, response_model=FineTuneAccepted)
+def cancel_finetune(job_id: PathId, principal: Admin, services: Services) -> FineTuneAccepted:
+    """Stop a job: a queued one at once, a running one after its current step (409 once it ended)."""
+    service = _finetunes(services)
+    job = service.cancel(principal, job_id)
+    return FineTuneAccepted.model_validate(job)
+
+
+@router.post("/adapters/{version}/promote", response_model=PromotionOut)
+async def promote_adapter(
+    version: PluginName, body: PromoteRequest, principal: Admin, services: Services
+) -> PromotionOut:
+    """Make a version its plugin's champion: every replica hot-swaps to it (no restart, no failed
+    request) and new answers carry it in their provenance. A version that failed the gate needs
+    ``override_gate: true``; the reason is audited."""
+    service = _finetunes(services)
+    adapter, previous = await run_in_threadpool(
+        _domain, lambda: service.promote(principal, version, body.reason, body.override_gate)
+    )
+    return PromotionOut(
+        plugin=adapter.plugin,
+        version=adapter.version,
+        previous=previous.version if previous else None,
+        status=adapter.status,
+    )
+
+
+@router.post("/adapters/{plugin}/rollback", response_model=PromotionOut)
+async def rollback_adapter(
+    plugin: PluginName, body: RollbackRequest, principal: Admin, services: Services
+) -> PromotionOut:
+    """Return a plugin to its previous champion (hot-swapped like a promotion; audited with the
+    reason). The version rolled back from is marked ``rolled_back``."""
+    service = _finetunes(services)
+    adapter, previous = await run_in_threadpool(
+        _domain, lambda: service.rollback(principal, plugin, body.reason)
+    )
+    return PromotionOut(
+        plugin=adapter.plugin,
+        version=adapter.version,
+        previous=previous.version if previous else None,
+        status=adapter.status,
+    )
