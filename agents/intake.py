@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from agents.safety import injection_findings
-from memory.pixels import PixelStore
+from memory.pixels import PixelStore, PixelStoreError
 from memory.records import Records
 from tools.images import UnsupportedImage, is_dicom, strip_metadata
 from tools.intake import DicomRejected, ingest_dicom
@@ -72,8 +72,13 @@ def take_study(intake: Intake, patient_id: int, upload: Upload) -> StoredStudy:
     # Instructions hidden in header text are recorded (never the text itself beyond the match), and
     # de-identification has already dropped those fields from what is kept.
     screening = injection_findings("\n".join(study.text_fields))
-    dicom_key = intake.pixels.put(study.deidentified_dicom)
-    png_key = intake.pixels.put(study.png)
+    try:
+        dicom_key = intake.pixels.put(study.deidentified_dicom)
+        png_key = intake.pixels.put(study.png)
+    except PixelStoreError as exc:  # e.g. a compressed study stored uncompressed after blanking
+        raise UploadRejected(
+            "too_large", f"{upload.name}: the de-identified study is too large: {exc}"
+        ) from exc
     with intake.records() as records:
         row = records.add_study(
             patient_id,

@@ -1,15 +1,18 @@
 """A tiny HealthGPT with random weights, built from a seed, in the same on-disk formats as the released
-model (Hugging Face backbone and CLIP folders, plugin weight files under the official key names, a spec
-YAML). It runs everywhere in seconds; its answers are noise and are labelled ``demo_weights``.
+model (Hugging Face backbone and CLIP folders, plugin weight files under the official key names, a taming
+GumbelVQ folder, a spec YAML). It runs everywhere in seconds; its answers and pictures are noise and are
+labelled ``demo_weights``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessorPil,
@@ -26,11 +29,27 @@ from transformers import (
 
 from models.healthgpt import HLORA_TARGETS
 from models.spec import ModelSpec, PluginSpec
+from models.vqgan import CHECKPOINT_FILE, CONFIG_FILE, GumbelVQ, VQGANConfig
 from models.weights import OFFICIAL_PREFIX, write_state_dict
 
 SPEC_FILE = "healthgpt.yaml"
+VQGAN_DIR = "vqgan"
 PHI3_SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 VQ_TOKENS = 64
+# The released GumbelVQ shape (f=8 over four levels, 32x32 grid, 256x256 pixels) at a tiny width, with
+# one codebook row per VQ token. embed_dim == z_channels so that encoding works too (taming's quantiser
+# only type-checks then). Every image task runs on it out of the box; its pictures are noise.
+TINY_VQGAN = VQGANConfig(
+    embed_dim=32,
+    n_embed=VQ_TOKENS,
+    ch=32,
+    ch_mult=(1, 1, 1, 1),
+    num_res_blocks=1,
+    attn_resolutions=(32,),
+    z_channels=32,
+    resolution=256,
+    double_z=False,
+)
 
 # A small vocabulary of the field, so the byte-level BPE learns a few real merges.
 _CORPUS = [
@@ -86,6 +105,68 @@ def _random_plugin_state(backbone: PreTrainedModel, plugin: PluginSpec, vision_w
     return state
 
 
+def _taming_yaml(cfg: VQGANConfig) -> dict:
+    """A taming ``model.yaml`` for ``cfg``, as the released VQGAN folders carry it."""
+    return {
+        "model": {
+            "target": "taming.models.vqgan.GumbelVQ",
+            "params": {
+                "embed_dim": cfg.embed_dim,
+                "n_embed": cfg.n_embed,
+                "ddconfig": {
+                    "double_z": cfg.double_z,
+                    "z_channels": cfg.z_channels,
+                    "resolution": cfg.resolution,
+                    "in_channels": cfg.in_channels,
+                    "out_ch": cfg.out_ch,
+                    "ch": cfg.ch,
+                    "ch_mult": list(cfg.ch_mult),
+                    "num_res_blocks": cfg.num_res_blocks,
+                    "attn_resolutions": list(cfg.attn_resolutions),
+                    "dropout": cfg.dropout,
+                },
+            },
+        }
+    }
+
+
+def write_tiny_vqgan(out_dir: Path, seed: int = 0, config: VQGANConfig = TINY_VQGAN) -> Path:
+    """A random GumbelVQ as a taming folder (``model.yaml`` + a Lightning-style ``last.ckpt``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Its own generator state: adding the VQGAN leaves the seeded backbone and plugins as they were.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7919)
+        model = GumbelVQ(config)
+        with torch.no_grad():  # a visible spread of codebook rows, so decoded indices differ in colour
+            model.quantize.embed.weight.normal_(0.0, 1.0)
+    (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(_taming_yaml(config), sort_keys=False))
+    torch.save({"state_dict": model.state_dict()}, out_dir / CHECKPOINT_FILE)
+    return out_dir
+
+
+def _add_vqgan(out_dir: Path, seed: int) -> None:
+    """Give a tiny model built before it had a VQGAN one, so image tasks work on an existing data dir.
+
+    Safe against a concurrent upgrade: the folder appears by rename and the spec by replace."""
+    if not (out_dir / VQGAN_DIR / CHECKPOINT_FILE).is_file():
+        staging = Path(tempfile.mkdtemp(prefix=VQGAN_DIR + ".", dir=out_dir))
+        try:
+            write_tiny_vqgan(staging, seed)
+            shutil.rmtree(out_dir / VQGAN_DIR, ignore_errors=True)  # a partial folder from a crash
+            staging.rename(out_dir / VQGAN_DIR)
+        except OSError:
+            if not (out_dir / VQGAN_DIR / CHECKPOINT_FILE).is_file():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    spec_path = out_dir / SPEC_FILE
+    raw = yaml.safe_load(spec_path.read_text()) or {}
+    raw["vqgan"] = VQGAN_DIR
+    partial = spec_path.with_name(f"{SPEC_FILE}.{os.getpid()}.part")
+    partial.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(partial, spec_path)
+
+
 # backbone architecture -> (config class, model class, template); Phi-3 is M3/L14's, Qwen2 is XL32's.
 ARCHITECTURES = {
     "phi3": (Phi3Config, Phi3ForCausalLM, "phi3_instruct"),
@@ -98,6 +179,8 @@ def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
     config_class, model_class, template = ARCHITECTURES[arch]
     spec_path = out_dir / SPEC_FILE
     if spec_path.is_file():
+        if not (yaml.safe_load(spec_path.read_text()) or {}).get("vqgan"):
+            _add_vqgan(out_dir, seed)
         return spec_path
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
@@ -159,6 +242,7 @@ def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
         for plugin in plugins.values():
             state = _random_plugin_state(backbone, plugin, vision_config.hidden_size)
             write_state_dict(state, staging / plugin.weights[0])
+        write_tiny_vqgan(staging / VQGAN_DIR, seed)
 
         spec = ModelSpec(
             name=f"tiny-seed{seed}",
@@ -168,6 +252,7 @@ def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
             vq_tokens=VQ_TOKENS,
             dtype="float32",
             plugins=plugins,
+            vqgan=Path(VQGAN_DIR),
             adapter_version=f"tiny-seed{seed}-v1",
             demo_weights=True,
         )

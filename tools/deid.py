@@ -29,7 +29,8 @@ What is done to each instance (a copy; the input is never modified):
   consistent across files and runs with the same key.
 * Private Attributes, Curve Data (50xx) and whole Overlay groups (60xx: the table removes Overlay Data
   and Comments, and the rest of the module is useless without them) are removed; so are group lengths
-  and Command / File Meta elements found in the body, and values pydicom cannot parse.
+  and Command / File Meta elements found in the body, values pydicom cannot parse or write back, and
+  elements written with a VR that would change their action (a date stored as LO, a UID as DS).
 * A DICOMDIR is refused: its records would need rebuilding from the de-identified files.
 * Patient Identity Removed, De-identification Method (+ Code Sequence: 113100, and 113107 when dates
   are shifted) and Longitudinal Temporal Information Modified are set; the File Meta Information and
@@ -65,10 +66,12 @@ from typing import Any, Literal
 import numpy as np
 import pydicom
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -145,6 +148,10 @@ class UnsupportedObjectError(DeidRefused):
 
 class NotDicomError(DeidError):
     """The file is not DICOM."""
+
+
+class EncodeError(DeidError):
+    """A dataset that cannot be written as a DICOM file (the message says why)."""
 
 
 class BlankRegion(BaseModel):
@@ -412,6 +419,7 @@ class _Context:
     options: DeidOptions
     offset: timedelta
     counts: Counter[str]
+    encoding: tuple[bool, bool] = (False, True)  # (implicit VR, little endian) of the output
 
 
 _CODING_UIDS = frozenset({"CodingSchemeUID", "ContextUID", "MappingResourceUID"})
@@ -433,6 +441,30 @@ def _dummy(vr: str) -> Any:
     if vr.startswith("O") or vr == "UN":
         return bytes(8)  # a multiple of every OB/OW/OF/OL/OD/OV word size
     return DUMMY_TEXT
+
+
+def _check_writable(ds: Dataset, elem: DataElement, encoding: tuple[bool, bool]) -> None:
+    """Raise if ``elem`` cannot be written: pydicom reads leniently (a number string holding a non-Latin
+    character, an ambiguous VR it cannot settle) but writes strictly, and one such element would make
+    the whole file unwritable. Pixel data is checked when the file is read, Sequences item by item."""
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = encoding
+    write_data_element(buffer, elem, ds.get("SpecificCharacterSet") or getattr(ds, "_character_set", None))
+
+
+# VRs that decide an action (dates shift, UIDs remap, names become pseudonyms, items get cleaned).
+_DECISIVE_VRS = frozenset({"DA", "DT", "TM", "UI", "PN", "SQ"})
+
+
+def _vr_fits(tag: int, vr: str) -> bool:
+    """Whether an element written with ``vr`` gets the action its tag needs: its VR is one the data
+    dictionary gives the tag, or neither is a VR that decides an action (a vendor's SH for an LO is
+    harmless; a date stored as LO would escape the shift, a UID as DS the remapping)."""
+    try:
+        allowed = set(dictionary_VR(tag).split(" or "))
+    except KeyError:
+        return True  # a tag the dictionary does not know: nothing to compare with
+    return vr in allowed or not ((allowed | {vr}) & _DECISIVE_VRS)
 
 
 def _values(elem: DataElement) -> list[str]:
@@ -525,11 +557,17 @@ def _clean(ds: Dataset, ctx: _Context, pseudonym: str, *, fill: bool = False, co
             continue
         try:
             elem = ds[tag]
-        except _PARSE_ERRORS:
-            del ds[tag]
+            if not _vr_fits(int(tag), elem.VR):
+                # Written with a VR its tag never has: the value cannot be trusted to be what the tag
+                # says, and the actions go by VR (a date stored as LO would escape the shift).
+                raise ValueError(f"VR {elem.VR} for {tag}")
+            _apply(ds, elem, ctx, pseudonym, pairs, fill=fill, codes=codes)
+            if tag in ds and elem.VR != "SQ" and int(tag) not in _PIXEL_TAGS:
+                _check_writable(ds, elem, ctx.encoding)
+        except Exception:  # noqa: BLE001 - a value that cannot be read or rewritten is removed, never kept
+            if tag in ds:
+                del ds[tag]
             ctx.counts["removed"] += 1
-            continue
-        _apply(ds, elem, ctx, pseudonym, pairs, fill=fill, codes=codes)
 
 
 def _apply(
@@ -623,10 +661,22 @@ def blank_regions(ds: Dataset, regions: tuple[BlankRegion, ...]) -> None:
             ds.decompress(generate_instance_uid=False)  # decoded to RGB where it was YBR
         pixels = np.array(ds.pixel_array, copy=True)
         _store_native(ds, _blanked(ds, pixels, regions))
-    except (*_PARSE_ERRORS, RuntimeError) as exc:
+    except Exception as exc:  # damaged pixel data fails inside the codecs in many ways
         raise BurnedInAnnotationError(
-            f"burned-in text suspected and the pixels cannot be blanked: {exc}"
+            f"burned-in text suspected and the pixels cannot be blanked: {_first_line(exc)}"
         ) from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":  # a Rust codec's panic (pyo3): a damaged stream
+            raise
+        raise BurnedInAnnotationError(
+            f"burned-in text suspected and the pixels cannot be blanked: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message fit for a user: one line, bounded."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _blanked(ds: Dataset, pixels: np.ndarray, regions: tuple[BlankRegion, ...]) -> np.ndarray:
@@ -662,9 +712,10 @@ def _store_native(ds: Dataset, pixels: np.ndarray) -> None:
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "TransferSyntaxUID" in meta:
-        return UID(meta.TransferSyntaxUID)
+    """The declared Transfer Syntax when it is a known one, else the encoding the dataset was read in."""
+    declared = UID(_text(getattr(ds, "file_meta", None) or FileMetaDataset(), "TransferSyntaxUID"))
+    if declared.is_transfer_syntax:
+        return declared
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit:
         return ImplicitVRLittleEndian
@@ -676,7 +727,7 @@ def _new_file_meta(out: Dataset, old: FileMetaDataset, key: bytes) -> FileMetaDa
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     sop_class = _text(out, "SOPClassUID") or _text(old, "MediaStorageSOPClassUID")
-    if sop_class:
+    if sop_class and UID(sop_class).is_valid:  # a damaged one would make the file unwritable
         meta.MediaStorageSOPClassUID = sop_class
     sop_instance = _text(out, "SOPInstanceUID")
     if not sop_instance and _text(old, "MediaStorageSOPInstanceUID"):
@@ -689,6 +740,14 @@ def _new_file_meta(out: Dataset, old: FileMetaDataset, key: bytes) -> FileMetaDa
     return meta
 
 
+_STAMPED = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+)
+
+
 def _stamp(out: Dataset, options: DeidOptions, blanked: bool) -> None:
     methods = [PROFILE_NAME, "HMAC-SHA256 pseudonyms and 2.25 UIDs (HealthAgent)"]
     codes = [("113100", "Basic Application Confidentiality Profile")]
@@ -697,6 +756,10 @@ def _stamp(out: Dataset, options: DeidOptions, blanked: bool) -> None:
         codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
     if blanked:
         methods.append("Burned-in text: heuristic region blanking only")
+    for keyword in _STAMPED:
+        # Set anew, not over the source's: one written with an odd VR would not take these values.
+        if keyword in out:
+            del out[keyword]
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = methods
     items = []
@@ -734,7 +797,14 @@ def deidentify(ds: Dataset, *, key: bytes, options: DeidOptions | None = None) -
 
     subject = patient_key(out)
     pseudonym = patient_pseudonym(key, subject)
-    ctx = _Context(key=key, options=options, offset=date_offset(key, subject), counts=Counter())
+    syntax = _transfer_syntax(out)
+    ctx = _Context(
+        key=key,
+        options=options,
+        offset=date_offset(key, subject),
+        counts=Counter(),
+        encoding=(syntax.is_implicit_VR, syntax.is_little_endian),
+    )
     old_meta = getattr(out, "file_meta", None) or FileMetaDataset()
     if hasattr(out, "filename"):
         out.filename = None  # the source path may itself name the patient
@@ -764,7 +834,7 @@ def read_dicom(path: Path) -> Dataset:
         # A forced read "succeeds" on anything; demand standard elements that every instance has.
         if not any(0x00080000 <= int(tag) < 0x00210000 for tag in ds.keys()):
             raise NotDicomError(f"{path.name}: not a DICOM file")
-    except _PARSE_ERRORS as exc:
+    except Exception as exc:  # a forced read of arbitrary bytes fails in any way
         raise NotDicomError(f"{path.name}: not a DICOM file") from exc
     return ds
 
@@ -774,7 +844,10 @@ def encode_dicom(ds: Dataset) -> bytes:
     meta = ds.file_meta
     complete = all(k in meta for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"))
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=complete)
+    try:
+        ds.save_as(buffer, enforce_file_format=complete)
+    except Exception as exc:  # pydicom's writer fails with many types; callers get one
+        raise EncodeError(f"the dataset cannot be written as DICOM: {_first_line(exc)}") from exc
     return buffer.getvalue()
 
 

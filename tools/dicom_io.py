@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydantic import BaseModel
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (
@@ -43,6 +44,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_FRAME_PIXELS = 64 * 1024 * 1024  # same bound as tools.images: stops decompression bombs
+MAX_ASPECT = 32  # same bound as tools.images: a 1x65535 frame would blow up in the model's resize
 MAX_SLICES = 64
 PERCENTILE_WINDOW = (0.5, 99.5)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -344,34 +346,116 @@ def _check_complete(data: bytes, max_bytes: int) -> None:
         return
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message fit for a user: one line, bounded (pydicom's can run to paragraphs)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_codec_panic(exc: BaseException) -> bool:
+    """A Rust codec (pylibjpeg-rle, -openjpeg) that panics raises pyo3's PanicException, a BaseException:
+    it would pass every ``except Exception`` up to the server."""
+    return type(exc).__name__ == "PanicException"
+
+
 def read_dataset(
     source: bytes | bytearray | memoryview | Path | str | BinaryIO, max_bytes: int = MAX_UPLOAD_BYTES
 ) -> Dataset:
     """Parse a DICOM Part 10 file (bytes, a path or an open binary stream) without reading more than
-    ``max_bytes``; raises :class:`DicomError`: not_dicom, unreadable, too_large, truncated, invalid_header."""
+    ``max_bytes``; raises :class:`DicomError`: not_dicom, unreadable, too_large, truncated, invalid_header,
+    unsupported_transfer_syntax.
+
+    The file must name a known Transfer Syntax that agrees with how its pixel data is stored (nothing
+    can be decoded, nor written back, otherwise). Top-level values are converted here, so that a value
+    pydicom cannot read surfaces now and not in a later caller: such an element is dropped (it names
+    nothing and de-identification would drop it too); the rest of the dataset is kept as read."""
     data = _read_capped(source, max_bytes)
     if len(data) < 132 or data[128:132] != b"DICM":
         raise DicomError("not_dicom", _not_dicom_message(data))
     _check_complete(data, max_bytes)
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
-        raise DicomError("not_dicom", f"not a DICOM file: {exc}") from exc
+        raise DicomError("not_dicom", f"not a DICOM file: {_first_line(exc)}") from exc
     except (EOFError, zlib.error) as exc:
-        raise DicomError("truncated", f"the DICOM file is cut short: {exc}") from exc
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        IndexError,
-        AttributeError,
-        NotImplementedError,
-        struct.error,
-        OverflowError,
-        RecursionError,
-        UnicodeError,
-    ) as exc:
-        raise DicomError("invalid_header", f"the DICOM header cannot be parsed: {exc}") from exc
+        raise DicomError("truncated", f"the DICOM file is cut short: {_first_line(exc)}") from exc
+    except MemoryError as exc:
+        raise DicomError("too_large", "the DICOM header declares more data than can be held") from exc
+    except Exception as exc:  # pydicom on hostile bytes raises OSError, its own types, …
+        raise DicomError("invalid_header", f"the DICOM header cannot be parsed: {_first_line(exc)}") from exc
+    _check_transfer_syntax(ds)
+    _drop_unreadable(ds)
+    return ds
+
+
+def _check_transfer_syntax(ds: Dataset) -> None:
+    """A known Transfer Syntax UID, and pixel data stored as it says (encapsulated or native)."""
+    meta = getattr(ds, "file_meta", None)
+    try:
+        value = meta.get("TransferSyntaxUID") if meta is not None else None
+        syntax = UID(str(value).strip("\x00 ")) if value else None
+    except Exception as exc:  # a malformed meta element
+        raise DicomError(
+            "invalid_header", f"the Transfer Syntax UID cannot be read: {_first_line(exc)}"
+        ) from exc
+    if not syntax:
+        raise DicomError("invalid_header", "the file meta information has no Transfer Syntax UID")
+    if not syntax.is_transfer_syntax:
+        shown = repr(str(syntax)[:64])
+        raise DicomError("unsupported_transfer_syntax", f"unknown transfer syntax {shown}")
+    _implicit, little = getattr(ds, "original_encoding", (None, None))
+    if little is not None and little != syntax.is_little_endian:
+        # pydicom follows the bytes; nothing can write such a dataset back (nor trust its numbers).
+        found = "little" if little else "big"
+        raise DicomError(
+            "invalid_header",
+            f"the Transfer Syntax ({syntax.name}) does not match the dataset, which is {found} endian",
+        )
+    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        if tag not in ds:
+            continue
+        try:
+            item = ds.get_item(tag)  # raw: its length as written, before any conversion
+        except Exception as exc:  # get_item converts some values (an unknown VR fails)
+            raise DicomError("invalid_header", f"the pixel data cannot be read: {_first_line(exc)}") from exc
+        undefined = item.is_undefined_length if isinstance(item, DataElement) else item.length == 0xFFFFFFFF
+        if syntax.is_encapsulated and tag == 0x7FE00010 and not undefined:
+            raise DicomError(
+                "invalid_header",
+                f"the Transfer Syntax ({syntax.name}) says the pixel data is compressed, "
+                "but it is stored uncompressed",
+            )
+        if not syntax.is_encapsulated and undefined:
+            raise DicomError(
+                "invalid_header",
+                f"the Transfer Syntax ({syntax.name}) says the pixel data is uncompressed, "
+                "but it is stored as compressed fragments",
+            )
+        if undefined:
+            try:
+                value = ds[tag].value
+            except Exception:  # noqa: BLE001 - unreadable is as bad as malformed here
+                value = None
+            if not (isinstance(value, bytes | bytearray) and value[:4] == b"\xfe\xff\x00\xe0"):
+                # Encapsulated pixel data opens with the Basic Offset Table item (PS3.5 A.4).
+                raise DicomError(
+                    "corrupt_pixel_data", "the compressed pixel data does not start with an item"
+                )
+
+
+def _drop_unreadable(ds: Dataset) -> None:
+    """Convert every top-level value now; drop the elements whose value cannot be read, except the
+    pixel data, whose loss would be misreported later as a file without pixels."""
+    for tag in list(ds.keys()):
+        try:
+            ds[tag]
+        except Exception as exc:  # any conversion failure: the value is unusable either way
+            if int(tag) in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+                # e.g. implicit VR pixel data without Bits Allocated: OB or OW cannot be told apart.
+                raise DicomError(
+                    "invalid_header", f"the pixel data cannot be read: {_first_line(exc)}"
+                ) from exc
+            del ds[tag]
 
 
 # ------------------------------------------------------------------------------------ header checks
@@ -398,13 +482,16 @@ _LUT_ERRORS = (ValueError, TypeError, AttributeError, IndexError, KeyError, stru
 
 @contextmanager
 def _header_errors() -> Iterator[None]:
-    """pydicom converts values lazily, on first access; a malformed one surfaces there."""
+    """pydicom converts values lazily, on first access; a malformed one surfaces there (as any type:
+    hostile values reach code paths that were never meant to fail)."""
     try:
         yield
     except DicomError:
         raise
-    except (*_LUT_ERRORS, UnicodeError, OverflowError) as exc:
-        raise DicomError("invalid_header", f"a header value cannot be read: {exc}") from exc
+    except MemoryError as exc:
+        raise DicomError("too_large", "the header declares more data than can be held") from exc
+    except Exception as exc:  # the upload is at fault, not the server
+        raise DicomError("invalid_header", f"a header value cannot be read: {_first_line(exc)}") from exc
 
 
 def _number(ds: Dataset, keyword: str, default: float | None = None) -> float:
@@ -487,6 +574,12 @@ def _check_image(ds: Dataset) -> _Geometry:
         raise DicomError("invalid_header", f"{photometric} with {samples} samples per pixel")
     if rows * columns * samples > MAX_FRAME_PIXELS:
         raise DicomError("too_large", f"a {rows}x{columns} frame is too large to decode")
+    if max(rows, columns) > MAX_ASPECT * min(rows, columns):
+        raise DicomError(
+            "too_large",
+            f"a {rows}x{columns} frame is too elongated to show: its long side may be at most "
+            f"{MAX_ASPECT} times its short side",
+        )
     return _Geometry(rows, columns, samples, bits_allocated, bits_stored, frames, photometric, syntax)
 
 
@@ -531,14 +624,25 @@ def _decode_frame(ds: Dataset, geometry: _Geometry, index: int) -> tuple[np.ndar
         array, info = decoder.as_array(ds, index=index, raw=False, **as_pixel_options(ds))
     except NotImplementedError as exc:
         raise DicomError(
-            "unsupported_transfer_syntax", f"cannot decode {geometry.syntax.name}: {exc}"
+            "unsupported_transfer_syntax", f"cannot decode {geometry.syntax.name}: {_first_line(exc)}"
         ) from exc
-    except (RuntimeError, ValueError, struct.error, OSError, EOFError, IndexError) as exc:
-        # RuntimeError: every codec plugin refused the data; ValueError: pydicom's own checks.
-        detail = str(exc).replace("\n", " ")
-        raise DicomError("corrupt_pixel_data", f"the pixel data cannot be decoded: {detail}") from exc
     except (AttributeError, KeyError, TypeError) as exc:
-        raise DicomError("invalid_header", f"the image attributes are inconsistent: {exc}") from exc
+        raise DicomError(
+            "invalid_header", f"the image attributes are inconsistent: {_first_line(exc)}"
+        ) from exc
+    except MemoryError as exc:
+        raise DicomError("too_large", "the pixel data declares more than can be decoded") from exc
+    except Exception as exc:  # codecs fail on damaged streams in their own ways
+        # RuntimeError: every codec plugin refused the data; ValueError: pydicom's own checks.
+        raise DicomError(
+            "corrupt_pixel_data", f"the pixel data cannot be decoded: {_first_line(exc)}"
+        ) from exc
+    except BaseException as exc:
+        if not _is_codec_panic(exc):
+            raise
+        raise DicomError(
+            "corrupt_pixel_data", f"the pixel data cannot be decoded: {_first_line(exc)}"
+        ) from exc
     return array, str(info.get("photometric_interpretation", geometry.photometric)).upper()
 
 
@@ -796,8 +900,8 @@ def render_dataset(ds: Dataset, *, slices: int = 1) -> DicomImage:
                 f"the pixel data holds {have} of the {need} bytes the header promises: the file is cut short",
             )
     chosen = frame_indices(geometry.frames, slices)
-    rendered = [_render_frame(ds, geometry, index) for index in chosen]
-    with _header_errors():
+    with _header_errors():  # LUTs, palettes and windows are header values too
+        rendered = [_render_frame(ds, geometry, index) for index in chosen]
         metadata = _metadata(ds, geometry, rendered)
     metadata.slice_count, metadata.selected_slices = geometry.frames, chosen
     return DicomImage(images=[r.image for r in rendered], metadata=metadata, dataset=ds, datasets=[ds])

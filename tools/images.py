@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 # Formats a browser or a PACS export plausibly sends as a plain picture (DICOM is handled separately).
-ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"}
+# MPO is a JPEG with extra frames after the first (phone cameras write it): the first is the photo.
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF"}
 MAX_PIXELS = 64 * 1024 * 1024  # far above any study frame; stops decompression bombs
+# Longest side over shortest. A 1x65535 strip shows nothing, and the model's resize of the short side
+# to its input size (336 px) would stretch the long side to millions of pixels: gigabytes in the replica.
+MAX_ASPECT = 32
+# The largest side the model is handed (it sees 336 px): a 64-megapixel upload costs it gigabytes else.
+MODEL_MAX_SIDE = 2048
 
 
 def is_dicom(data: bytes) -> bool:
@@ -23,8 +28,12 @@ class UnsupportedImage(ValueError):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode and fully load ``data`` as an RGB image, or raise :class:`UnsupportedImage`."""
-    return _decode(data, upright=False)
+    """Decode and fully load ``data`` as an RGB image for the model, or raise :class:`UnsupportedImage`;
+    a side beyond :data:`MODEL_MAX_SIDE` is shrunk to it (aspect kept)."""
+    image = _decode(data, upright=False)
+    if max(image.size) > MODEL_MAX_SIDE:
+        image.thumbnail((MODEL_MAX_SIDE, MODEL_MAX_SIDE), Image.Resampling.BICUBIC)
+    return image
 
 
 def decode_upright(data: bytes) -> Image.Image:
@@ -50,7 +59,7 @@ def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a picture whose EXIF cannot be read is kept as stored."""
     try:
         return ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+    except Exception:  # noqa: BLE001 - hostile EXIF fails in many ways; the pixels are still good
         return image
 
 
@@ -62,8 +71,8 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
         return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return image  # a broken profile: keep the stored values
+    except Exception:  # noqa: BLE001 - a broken profile: keep the stored values
+        return image
 
 
 def _decode(data: bytes, *, upright: bool) -> Image.Image:
@@ -85,6 +94,11 @@ def _decode(data: bytes, *, upright: bool) -> Image.Image:
                     )
                 if width * height > MAX_PIXELS:
                     raise UnsupportedImage(f"image of {width}x{height} pixels is too large")
+                if max(width, height) > MAX_ASPECT * min(width, height):
+                    raise UnsupportedImage(
+                        f"image of {width}x{height} pixels is too elongated: its long side may be at most "
+                        f"{MAX_ASPECT} times its short side"
+                    )
                 probe.load()
                 if not upright:
                     return probe.convert("RGB")
@@ -95,5 +109,13 @@ def _decode(data: bytes, *, upright: bool) -> Image.Image:
         raise UnsupportedImage(
             "the file is not a readable image (PNG, JPEG, BMP, TIFF, WebP or GIF)"
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt image data
-        raise UnsupportedImage(f"the image is damaged and cannot be decoded: {exc}") from exc
+    except MemoryError as exc:
+        raise UnsupportedImage("the image needs more memory to decode than is allowed") from exc
+    except Exception as exc:  # damaged data fails inside PIL's plugins in many ways
+        # (OSError and SyntaxError for truncation, but also TypeError, struct.error, IndexError, …)
+        raise UnsupportedImage(f"the image is damaged and cannot be decoded: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

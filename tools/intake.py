@@ -7,7 +7,14 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.deid import BurnedInAnnotationError, DeidOptions, DeidRefused, deidentify, encode_dicom
+from tools.deid import (
+    BurnedInAnnotationError,
+    DeidError,
+    DeidOptions,
+    DeidRefused,
+    deidentify,
+    encode_dicom,
+)
 from tools.dicom_io import DicomError, load_dicom, read_dataset
 
 # Free-text header fields a study may carry instructions in; screened before de-identification
@@ -55,7 +62,12 @@ def ingest_dicom(
         raise DicomRejected("burned_in", str(exc)) from exc
     except DeidRefused as exc:
         raise DicomRejected("unsupported", str(exc)) from exc
-    clean = encode_dicom(result.dataset)
+    except DeidError as exc:  # a damaged element the de-identifier could not handle: the file's fault
+        raise DicomRejected("invalid_header", str(exc)) from exc
+    try:
+        clean = encode_dicom(result.dataset)
+    except DeidError as exc:  # EncodeError: a value that reads but cannot be written back
+        raise DicomRejected("invalid_header", str(exc)) from exc
     try:
         # The picture comes from the de-identified file: blanked bands stay blank for the model.
         decoded = load_dicom(clean)
