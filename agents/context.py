@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from memory.pixels import PixelStore
 from memory.records import Records
 from tools.healthgpt import HealthGPTClient
 from tools.specialists import SpecialistsClient
+
+
+class FineTunes(Protocol):
+    """What the admin route may ask of the fine-tune service (serving implements it): start a job on a
+    plugin for the turn's admin, returning the job's id and status; refusals raise the records' errors."""
+
+    def start_for_turn(self, plugin: str) -> tuple[int, str]: ...
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class TurnContext:
     # The clients the graph was built with fill these when a turn gives none (agents.graph.build_graph).
     client: HealthGPTClient | None = None
     specialists: SpecialistsClient | None = None
+    finetunes: FineTunes | None = None  # admins' turns only, where the gateway runs fine-tunes
 
     def with_tools(self, client: HealthGPTClient, specialists: SpecialistsClient) -> TurnContext:
         """This context, with the given clients where it names none."""

@@ -8,6 +8,7 @@ disclaimer and the preliminary label. The model only drafts text (consult, secon
 from __future__ import annotations
 
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,7 @@ from agents.context import TurnContext
 from agents.routing import Route, route
 from agents.safety import injection_findings, screen_output
 from agents.state import ChatState
+from memory.records import RecordError
 from tools.healthgpt import AskRequest, ImageRequest, ImageTask, Provenance
 from tools.qc import check_image
 from tools.retrieval import build_index
@@ -196,15 +198,46 @@ def history(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     return {"draft": "\n".join(lines)}
 
 
+# An admin's request to start a refresh, in either language; the plugin named, else comprehension.
+_START_FINETUNE = re.compile(r"\b(fine-?tune|retrain|refresh)\b|微调|重新训练|训练", re.IGNORECASE)
+_PLUGIN_NAMED = re.compile(r"\b(comprehension|generation)\b|(理解)|(生成)", re.IGNORECASE)
+
+
+def _plugin_asked(text: str) -> str:
+    found = _PLUGIN_NAMED.search(text)
+    if found is None:
+        return "comprehension"
+    return (
+        "generation" if (found.group(1) or "").lower() == "generation" or found.group(3) else "comprehension"
+    )
+
+
 def admin(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
+    """Feedback, adapters and fine-tune jobs for an admin; "fine-tune generation" (微调) starts a job."""
+    text = state["messages"][-1]["content"]
+    started: list[str] = []
+    if _START_FINETUNE.search(text):
+        plugin = _plugin_asked(text)
+        if runtime.context.finetunes is None:
+            started.append("Fine-tunes cannot be started from this chat here: use POST /v1/admin/finetunes.")
+        else:
+            try:
+                job_id, status = runtime.context.finetunes.start_for_turn(plugin)
+                started.append(f"Started fine-tune job {job_id} on {plugin} ({status}); follow it at "
+                               f"/v1/admin/finetunes/{job_id}.")  # fmt: skip
+            except RecordError as exc:
+                started.append(f"Could not start a fine-tune on {plugin}: {exc}")
     with runtime.context.open_records() as records:
         aggregates = records.feedback_aggregates()
         adapters = records.list_adapters()
-    lines = ["Feedback by plugin / adapter version / kind:"]
+        jobs = records.list_jobs(limit=5)
+    lines = [*started, "Feedback by plugin / adapter version / kind:"]
     lines += [f"- {a.plugin} {a.adapter_version} {a.kind}: {a.count}" for a in aggregates] or ["- none yet"]
     lines.append("Adapter versions:")
     lines += [f"- {a.plugin} {a.version}: {a.status.value}" for a in adapters] or ["- none registered"]
-    return {"draft": "\n".join(lines)}
+    lines.append("Recent fine-tune jobs:")
+    lines += [f"- job {j.id} {j.plugin}: {j.status.value}" for j in jobs] or ["- none yet"]
+    return {"draft": "\n".join(lines), "tool_results": {"finetune": started}}
 
 
 def escalate(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:

@@ -115,12 +115,28 @@ def _take_uploads(
         return take_uploads(_intake(services, principal), patient_id, turn.uploads, turn.study_id)
 
 
+@dataclass(frozen=True)
+class _AdminFineTunes:
+    """The fine-tune service as the agent's admin route sees it: jobs started for this turn's admin."""
+
+    services: GatewayServices
+    principal: Principal
+
+    def start_for_turn(self, plugin: str) -> tuple[int, str]:
+        from serving.finetune import JobRequest
+
+        job = self.services.finetunes.submit(self.principal, JobRequest(plugin))
+        return job.id, str(job.status)
+
+
 def turn_context(services: GatewayServices, principal: Principal, image: bytes | None) -> TurnContext:
+    admin = principal.role is Role.admin and services.finetunes is not None
     return TurnContext(
         image=image,
         max_new_tokens=services.settings.max_new_tokens,
         records=lambda: records_for(services, principal),
         pixels=services.pixels,
+        finetunes=_AdminFineTunes(services, principal) if admin else None,
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 
 from memory.schema import AuditEntry
-from tests.agents.scenarios.conftest import auth, new_consultation
+from tests.agents.scenarios.conftest import auth, new_consultation, say
 from tests.agents.scenarios.test_physician import ct_bytes, upload_study
 
 
@@ -106,3 +108,26 @@ def test_admins_manage_feedback_and_adapters_but_see_no_patient_data(api) -> Non
         ).status_code
         == 403
     )
+
+
+def test_an_admin_starts_a_fine_tune_from_the_chat_and_nobody_else_can(api) -> None:
+    client, people, _ = api
+    admin_thread = new_consultation(client, people.admin)
+    body = client.post(
+        f"/v1/consultations/{admin_thread}/messages",
+        json={"message": "please fine-tune the generation plugin on the new feedback"},
+        headers=auth(people.admin),
+    ).json()
+    assert body["route"] == "admin", body
+    started = re.search(r"Started fine-tune job (\d+) on generation", body["answer"])
+    assert started, body["answer"]
+    job = client.get(f"/v1/admin/finetunes/{started.group(1)}", headers=auth(people.admin)).json()
+    assert job["plugin"] == "generation" and job["status"] in {
+        "queued", "running", "evaluating", "failed", "succeeded", "rejected"
+    }  # fmt: skip
+    assert "Recent fine-tune jobs" in body["answer"]
+    # A patient asking the same never reaches the admin route, let alone a job.
+    patient = say(client, people.pam, new_consultation(client, people.pam), "fine-tune the generation plugin")
+    assert patient.json()["route"] != "admin" and "fine-tune job" not in patient.json()["answer"]
+    jobs = client.get("/v1/admin/finetunes", headers=auth(people.admin)).json()
+    assert len(jobs) == 1
