@@ -674,6 +674,11 @@ def _ray_loop(config: dict) -> None:
         run_refresh(plan, lambda k, d: messages.put((k, d)), stopped)
     except RefreshStopped as exc:
         messages.put(("__stopped__", {"reason": str(exc)}))
+    except Exception as exc:
+        # The job's reason is the worker's own (as the process executor reports it), not Ray Train's
+        # wrapped traceback; raising on still marks the Ray Train run failed.
+        messages.put(("__error__", {"reason": _reason(exc)}))
+        raise
 
 
 class _RayWorker:
@@ -754,6 +759,8 @@ class _RayWorker:
     def result(self) -> dict:
         if self._final is not None and self._final[0] == "__stopped__":
             raise RefreshStopped(self._final[1]["reason"])
+        if self._final is not None and self._final[0] == "__error__":
+            raise RuntimeError(self._final[1]["reason"])
         if self._error is not None:
             raise RuntimeError(f"the Ray Train worker failed: {_reason(self._error)}")
         outcome = Path(self.plan.work_dir) / OUTCOME_FILE

@@ -81,7 +81,7 @@ def redeploy_with_user_config(deployment: str, change, timeout_s: float) -> None
     app = serve.get_replica_context().app_name
     client = _get_global_client()
     status = serve.status().applications[app]
-    ingress = _ingress_name(client, app, status)
+    ingress = _ingress_name(client, app)
     args_list = []
     for name in status.deployments:
         info, route = client.get_deployment_info(name, app)
@@ -124,9 +124,12 @@ def redeploy_with_user_config(deployment: str, change, timeout_s: float) -> None
     raise TimeoutError(f"{deployment} did not finish the adapter update in {timeout_s:g} s")
 
 
-def _ingress_name(client, app: str, status) -> str:
-    for name in status.deployments:
-        _, route = client.get_deployment_info(name, app)
-        if route is not None:
-            return name
-    raise RuntimeError(f"application {app!r} has no ingress deployment")
+def _ingress_name(client, app: str) -> str:
+    # The controller's record, not "the deployment with a route": an application deployed without an
+    # HTTP route (route_prefix=None: handles or gRPC only) still has an ingress.
+    import ray
+
+    name = ray.get(client._controller.get_ingress_deployment_name.remote(app))
+    if name is None:
+        raise RuntimeError(f"application {app!r} has no ingress deployment")
+    return name
