@@ -25,6 +25,7 @@ from agents.state import ChatState
 from memory.records import RecordError
 from tools.healthgpt import AskRequest, ImageRequest, ImageTask, Provenance
 from tools.qc import check_image
+from tools.reads import READ_QUESTIONS
 from tools.retrieval import build_index
 from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
 from tools.triage.text import language_of
@@ -100,7 +101,8 @@ def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
         study = records.get_study(state["study_id"])
         modality, pixel_key = study.modality or "medical", study.pixel_key
     image = context.pixels.get(pixel_key) if (context.pixels and pixel_key) else None
-    questions = [f"Describe the findings in this {modality} image.", "What is the overall impression?"]
+    # The dataset builder reads the same table back to pair corrections with their questions.
+    questions = [READ_QUESTIONS[section].format(modality=modality) for section in ("findings", "impression")]
     asks = [AskRequest(question=q, image=image, max_new_tokens=context.max_new_tokens) for q in questions]
     # Sent together, so the batching engine decodes both in one batch instead of one after the other.
     with ThreadPoolExecutor(max_workers=len(asks)) as pool:

@@ -30,16 +30,11 @@ from tools.finetune.dataset import (
     group_hash,
     write_snapshot,
 )
+from tools.reads import READ_QUESTIONS
 
 DESIRABLE_STARS = 4  # at or above: desirable
 UNDESIRABLE_STARS = 2  # at or below: undesirable; 3 is neutral and skipped
 
-# The questions a second read asks the model, one per section of its draft. They mirror the agent's
-# second-read step (agents/nodes.py; tools may not import agents): a change there must be made here too.
-READ_QUESTIONS = {
-    "findings": "Describe the findings in this {modality} image.",
-    "impression": "What is the overall impression?",
-}
 _SECTION = re.compile(r"^\s*(findings|impression)\s*:\s*(.*)$", re.IGNORECASE)
 # Lines the agent appends to a draft that are not the model's words.
 _NOT_MODEL_TEXT = re.compile(r"^\s*(confidence\b.*|image quality\s*:.*)$", re.IGNORECASE)
