@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory import audit
@@ -39,7 +39,7 @@ from memory.schema import (
     User,
     utcnow,
 )
-from memory.users import Principal, hash_token, new_token
+from memory.users import Principal, add_token
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 100_000
@@ -165,18 +165,26 @@ class Records:
         return row
 
     # -- users, patients, care teams (admin) --------------------------------------------------------
-    def create_user(self, name: str, role: Role) -> tuple[User, str]:
-        """A new user and their first API token (returned once; only its hash is kept)."""
+    def create_user(self, name: str, role: Role, expires_in: timedelta | None = None) -> tuple[User, str]:
+        """A new user and their first API token (returned once; only its hash is kept), valid for
+        ``expires_in`` or until revoked."""
         self._authorize(Resource.user, Action.write, f"user:{name}")
         if self.session.scalar(select(User.id).where(User.name == name)) is not None:
             raise InvalidInput(f"a user named {name!r} exists already")
         user = User(name=_text(name, 200, "name"), role=Role(role), disabled=False)
         self.session.add(user)
         self.session.flush()
-        token = new_token()
-        self.session.add(ApiToken(user_id=user.id, token_sha256=hash_token(token), label="initial"))
-        self.session.flush()
+        _, token = add_token(self.session, user.id, label="initial", expires_in=expires_in)
         return user, token
+
+    def issue_token(self, user_id: int, label: str = "", expires_in: timedelta | None = None) -> str:
+        """One more API token for a user (a second device, a script, a rotation), returned once."""
+        user = self._get(User, user_id, "user")
+        self._authorize(Resource.user, Action.write, f"user:{user.name}:token")
+        if user.disabled:
+            raise InvalidInput(f"user {user.name!r} is disabled")
+        _, token = add_token(self.session, user.id, label=_text(label, 100, "label"), expires_in=expires_in)
+        return token
 
     def list_users(self) -> list[tuple[User, int, int | None]]:
         """Every user with their count of live tokens and their patient record id (if any)."""
@@ -184,6 +192,7 @@ class Records:
         live = (
             select(ApiToken.user_id, func.count().label("n"))
             .where(ApiToken.revoked_at.is_(None))
+            .where(or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()))
             .group_by(ApiToken.user_id)
             .subquery()
         )

@@ -55,8 +55,20 @@ class User(Base):
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
 
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Portable: a VARCHAR with a CHECK, the same on PostgreSQL and SQLite; new values need no ALTER TYPE.
+    return Enum(cls, name=name, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
+
+
+class TokenKind(enum.StrEnum):
+    api = "api"  # a bearer token handed to a person or a script
+    session = "session"  # a browser sign-in: held in a cookie, always with an expiry
+
+
 class ApiToken(Base):
-    """A bearer token, stored only as its SHA-256 (tokens are 256-bit random, so no slow hash needed)."""
+    """A bearer token, stored only as its SHA-256 (tokens are 256-bit random, so no slow hash needed).
+    A token stops working when revoked, when it expires, or when its user is disabled; each request checks
+    all three, so a change takes effect at the next request."""
 
     __tablename__ = "api_tokens"
 
@@ -66,13 +78,10 @@ class ApiToken(Base):
     label: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    kind: Mapped[TokenKind] = mapped_column(_enum(TokenKind, "token_kind"), default=TokenKind.api)
 
     user: Mapped[User] = relationship(back_populates="tokens")
-
-
-def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
-    # Portable: a VARCHAR with a CHECK, the same on PostgreSQL and SQLite; new values need no ALTER TYPE.
-    return Enum(cls, name=name, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
 
 
 class Patient(Base):

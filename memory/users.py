@@ -6,11 +6,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from memory.schema import ApiToken, Role, User, utcnow
+from memory.schema import ApiToken, Role, TokenKind, User, utcnow
 
 BOOTSTRAP_ADMIN = "bootstrap-admin"
 BOOTSTRAP_LABEL = "bootstrap"
@@ -36,8 +37,57 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def is_live(token: ApiToken, now: datetime | None = None) -> bool:
+    """Neither revoked nor expired (the user's state is checked apart)."""
+    if token.revoked_at is not None:
+        return False
+    if token.expires_at is None:
+        return True
+    expires = token.expires_at
+    if expires.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        expires = expires.replace(tzinfo=UTC)
+    return expires > (now or utcnow())
+
+
+def add_token(
+    session: Session,
+    user_id: int,
+    *,
+    label: str = "",
+    expires_in: timedelta | None = None,
+    kind: TokenKind = TokenKind.api,
+) -> tuple[ApiToken, str]:
+    """A new token for a user: the row and the token itself (returned once; only its hash is kept).
+    A session token always expires."""
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError("a token's lifetime must be positive")
+    if kind is TokenKind.session and expires_in is None:
+        raise ValueError("a session token needs an expiry")
+    token = new_token()
+    row = ApiToken(
+        user_id=user_id,
+        token_sha256=hash_token(token),
+        label=label[:100],
+        kind=kind,
+        expires_at=None if expires_in is None else utcnow() + expires_in,
+    )
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def revoke_token(session: Session, token: str) -> bool:
+    """Revoke one token by its value (sign-out); whether a live token was revoked."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == hash_token(token)))
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    session.flush()
+    return True
+
+
 def authenticate(session: Session, token: str) -> Principal | None:
-    """The principal owning ``token``, or None when it is unknown, revoked or its user disabled."""
+    """The principal owning ``token``, or None when it is unknown, revoked, expired or its user disabled."""
     if not token:
         return None
     digest = hash_token(token)
@@ -50,7 +100,7 @@ def authenticate(session: Session, token: str) -> Principal | None:
     # The lookup is by digest; compare again in constant time so timing says nothing of near misses.
     if not hmac.compare_digest(api_token.token_sha256, digest):
         return None
-    if api_token.revoked_at is not None or user.disabled:
+    if not is_live(api_token) or user.disabled:
         return None
     return Principal(user_id=user.id, name=user.name, role=user.role)
 

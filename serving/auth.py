@@ -47,5 +47,5 @@ def principal_from_request(request: Request, credentials: HTTPAuthorizationCrede
         AUTH_FAILURES.inc()
         if failures is not None:
             failures.acquire(key)
-        raise Problem(401, "invalid, revoked or disabled token", headers=_CHALLENGE)
+        raise Problem(401, "invalid, expired, revoked or disabled token", headers=_CHALLENGE)
     return principal

@@ -7,8 +7,10 @@ commands that need no model must start in well under two seconds, and torch alon
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -25,6 +27,26 @@ ConfigOption = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``12h``, ``30d``, ``2w`` (one number, one unit) as a positive timedelta."""
+    match = _DURATION.match(text)
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90m, 12h, 30d or 2w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+ExpiresOption = Annotated[
+    str | None,
+    typer.Option(
+        "--expires-in",
+        help="The token stops working after this long (90m, 12h, 30d, 2w); default: until revoked.",
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serving.cli.common import ConfigOption, JsonFlag, fail, operator_records
+from serving.cli.common import ConfigOption, ExpiresOption, JsonFlag, fail, operator_records, parse_duration
 
 if TYPE_CHECKING:
     from memory.records import Records
@@ -38,6 +38,7 @@ def _user_id(records: Records, name_or_id: str) -> int:
 def users_add(
     name: Annotated[str, typer.Option("--name", help="Unique user name.")],
     role: Annotated[str, typer.Option("--role", help="patient | physician | admin")],
+    expires_in: ExpiresOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a user and print their API token (shown once). A patient also gets a patient record, whose
@@ -48,8 +49,9 @@ def users_add(
         role_value = Role(role)
     except ValueError as exc:
         raise typer.BadParameter("role must be patient, physician or admin", param_hint="--role") from exc
+    lifetime = None if expires_in is None else parse_duration(expires_in)
     with operator_records(config) as records:
-        user, token = records.create_user(name, role_value)
+        user, token = records.create_user(name, role_value, expires_in=lifetime)
         patient_id = records.create_patient(name, user.id).id if role_value is Role.patient else None
     typer.echo(
         f"user {user.id} ({role_value}) created" + (f", patient_id {patient_id}" if patient_id else "")
@@ -82,6 +84,23 @@ def users_list(config: ConfigOption = None, json_out: JsonFlag = False) -> None:
         patient = "" if row["patient_id"] is None else str(row["patient_id"])
         name, role, tokens = row["name"], row["role"], row["live_tokens"]
         typer.echo(f"{row['id']:>5}  {name:<24} {role:<10} {tokens:>6}  {patient:>10}  {status}")
+
+
+@users_app.command("token")
+def users_token(
+    user: UserArgument,
+    label: Annotated[str, typer.Option("--label", help="What the token is for (shown in audits).")] = "",
+    expires_in: ExpiresOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Issue one more API token for USER (another device, a script, a rotation); the others stay valid
+    until revoked or expired."""
+    lifetime = None if expires_in is None else parse_duration(expires_in)
+    with operator_records(config) as records:
+        token = records.issue_token(_user_id(records, user), label, expires_in=lifetime)
+    typer.echo(f"token: {token}")
+    lifetime_note = f"; expires in {expires_in}" if expires_in else ""
+    typer.echo(f"  (shown once; only its hash is stored){lifetime_note}")
 
 
 @users_app.command("revoke")

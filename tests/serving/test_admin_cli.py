@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,35 @@ def test_the_first_users_come_before_any_server(tmp_path: Path, database_url: st
     assert "user.write" in {action for action, _ in actions} and "user.read" in {a for a, _ in actions}
     missing = runner.invoke(app, ["users", "revoke", "nobody", "--config", str(config)])
     assert missing.exit_code == 2 and "no user 'nobody'" in missing.output
+
+
+def test_tokens_with_a_lifetime_from_the_shell(config: Path, database_url: str) -> None:
+    """`users add --expires-in` and `users token` issue tokens that end on their own; bad durations are
+    refused with a message naming the form expected."""
+    add = ("users", "add", "--name", "locum", "--role", "physician")
+    output = _ok(*add, "--expires-in", "12h", "-c", str(config))
+    first = re.search(r"token: (ha_\S+)", output).group(1)
+    second_out = _ok("users", "token", "locum", "--label", "tablet", "--expires-in", "2w", "-c", str(config))
+    second = re.search(r"token: (ha_\S+)", second_out).group(1)
+    assert "expires in 2w" in second_out and first != second
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        rows = session.execute(
+            text(
+                "SELECT t.label, t.expires_at, t.created_at FROM api_tokens t "
+                "JOIN users u ON u.id = t.user_id WHERE u.name = 'locum' ORDER BY t.id"
+            )
+        ).all()
+        assert authenticate(session, first).name == authenticate(session, second).name == "locum"
+    engine.dispose()
+    def when(value) -> datetime:  # SQLite hands text back from a raw query
+        return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+    lifetimes = {label: (when(end) - when(start)).total_seconds() for label, end, start in rows}
+    assert lifetimes["initial"] == pytest.approx(12 * 3600, abs=5)
+    assert lifetimes["tablet"] == pytest.approx(14 * 86400, abs=5)
+    listed = {row["name"]: row for row in json.loads(_ok("users", "list", "--json", "-c", str(config)))}
+    assert listed["locum"]["live_tokens"] == 2
+    for bad in ("soon", "0d", "12", "-3h"):
+        refused = runner.invoke(app, ["users", "token", "locum", "--expires-in", bad, "-c", str(config)])
+        assert refused.exit_code == 2 and "not a duration" in refused.output, refused.output
