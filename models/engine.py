@@ -133,6 +133,21 @@ class Job:
         self._events.put(None)
 
 
+@dataclass(frozen=True)
+class EngineFigures:
+    """The engine's state and running totals at one moment, for monitoring. Mean batch size is
+    ``batch_rows / forward_passes``; mean time to first token is ``first_token_s / first_tokens``."""
+
+    queue_length: int
+    active_rows: int
+    tokens_generated: int
+    forward_passes: int
+    batch_rows: int
+    first_tokens: int
+    first_token_s: float
+    plugins: dict[str, str]  # plugin -> adapter version serving new requests
+
+
 @dataclass
 class _Row:
     job: Job
@@ -224,6 +239,18 @@ class BatchEngine:
     @property
     def queue_length(self) -> int:
         return len(self._waiting)
+
+    def figures(self) -> EngineFigures:
+        return EngineFigures(
+            queue_length=self.queue_length,
+            active_rows=self.active,
+            tokens_generated=self.tokens_generated,
+            forward_passes=self.forward_passes,
+            batch_rows=self.batch_rows,
+            first_tokens=self.first_tokens,
+            first_token_s=self.first_token_s,
+            plugins=self.plugins,
+        )
 
     @property
     def active(self) -> int:

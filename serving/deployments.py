@@ -10,6 +10,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.replica_metrics import ReplicaEngineMetrics
 from serving.settings import Settings
 from tools.healthgpt import (
     AskChunk,
@@ -22,6 +23,14 @@ from tools.healthgpt import (
     ScoreRequest,
     ScoreResult,
 )
+
+
+def _replica_id() -> str:
+    """This replica's id within its deployment (tags its metrics); "local" outside Serve."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica Serve raises; the tag only labels series
+        return "local"
 
 
 # Each deployment's defaults below are what the embedded profile needs; a Serve config file
@@ -49,6 +58,7 @@ class HealthGPTDeployment:
         model = HealthGPT(spec, device=device)
         engine = BatchEngine(model, config.engine)
         self.client = InProcessHealthGPT(model, engine, timeout_s=config.engine.request_timeout_s)
+        self.metrics = ReplicaEngineMetrics(engine, spec.name, _replica_id()).start()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Adapter hot-swap: load each named version beside the old one and switch between steps.

@@ -179,8 +179,8 @@ def observe_stream(
 
 class EngineCollector:
     """The batching engine's own running totals, read at scrape time where the engine runs in this
-    process (embedded, tests). Behind Ray Serve the engine lives in the model replicas, whose figures
-    this process cannot see; the gateway's own series above still hold."""
+    process (embedded, tests). Behind Ray Serve the engine lives in the model replicas: each publishes
+    the same figures through Ray's metrics (serving.replica_metrics), served on Ray's metrics port."""
 
     def __init__(self, services: Any) -> None:
         self.services = services
@@ -216,12 +216,13 @@ class EngineCollector:
             labels=["model", "plugin", "adapter_version"],
         )
         for name, engine in engines:
-            queue.add_metric([name], engine.queue_length)
-            rows.add_metric([name], engine.active)
-            tokens.add_metric([name], engine.tokens_generated)
-            batch.add_metric([name], engine.forward_passes, engine.batch_rows)
-            ttft.add_metric([name], engine.first_tokens, engine.first_token_s)
-            for plugin, version in engine.plugins.items():
+            figures = engine.figures()
+            queue.add_metric([name], figures.queue_length)
+            rows.add_metric([name], figures.active_rows)
+            tokens.add_metric([name], figures.tokens_generated)
+            batch.add_metric([name], figures.forward_passes, figures.batch_rows)
+            ttft.add_metric([name], figures.first_tokens, figures.first_token_s)
+            for plugin, version in figures.plugins.items():
                 adapters.add_metric([name, plugin, version], 1)
         yield from (queue, rows, tokens, batch, ttft, adapters)
 
@@ -262,7 +263,7 @@ def _engines(model: Any) -> Iterator[tuple[str, Any]]:
     if model is None:
         return
     engine = getattr(model, "engine", None)
-    if engine is not None and hasattr(engine, "tokens_generated"):
+    if engine is not None and hasattr(engine, "figures"):
         yield model.model.spec.name, engine
     for part in ("primary", "escalation"):
         yield from _engines(getattr(model, part, None))

@@ -110,6 +110,48 @@ def test_adapter_hot_swap_under_load_fails_nothing(local_ray: Path) -> None:
     assert len(load.versions) >= 20
 
 
+def _ray_metrics(pattern: str, replicas: set[str], deadline_s: float = 45.0) -> list[tuple[dict, float]]:
+    """Samples of the series named ``pattern`` from ``replicas`` on this node's Ray metrics port, once
+    every one of them has published (Ray's agent exports every few seconds)."""
+    import re
+    import urllib.request
+
+    port = ray._private.worker._global_node.metrics_export_port
+    line = re.compile(rf"^{pattern}\{{(?P<labels>[^}}]*)\}} (?P<value>\S+)$")
+    end = time.monotonic() + deadline_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        samples = [
+            (labels, float(m["value"]))
+            for m in map(line.match, text.splitlines())
+            if m and (labels := dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))).get("replica") in replicas
+        ]
+        if {labels["replica"] for labels, _ in samples} == replicas or time.monotonic() > end:
+            return samples
+        time.sleep(2)
+
+
+def test_model_replicas_publish_engine_metrics_through_ray(local_ray: Path) -> None:
+    """Behind Serve the engine runs in the model replicas: its figures reach Prometheus from there."""
+    handle = _deploy(_settings(local_ray), name="metered")
+    replicas = {name.rsplit("#", 1)[-1] for name in _replica_actors("metered", "HealthGPT")}
+    assert len(replicas) == 2
+    client = RayServeHealthGPT(handle, timeout_s=60)
+    for index in range(6):
+        client.ask(AskRequest(question=f"What is shown? ({index})", max_new_tokens=6))
+    tokens = _ray_metrics("ray_healthagent_engine_tokens_generated_total", replicas)
+    assert {labels["replica"] for labels, _ in tokens} == replicas, "each replica publishes its own series"
+    assert sum(value for _, value in tokens) >= 6 and {labels["model"] for labels, _ in tokens} == {
+        "tiny-seed0"
+    }
+    adapters = _ray_metrics("ray_healthagent_engine_adapter_info", replicas)
+    serving = {(labels["plugin"], labels["adapter_version"]) for labels, value in adapters if value == 1}
+    assert serving == {("comprehension", "tiny-seed0-v1"), ("generation", "tiny-seed0-v1")}, adapters
+    assert _ray_metrics("ray_healthagent_engine_queue_depth", replicas), "the gauges are published too"
+    serve.delete("metered")
+
+
 def _replica_actors(app: str, deployment: str) -> list[str]:
     """Names of the live replica actors of ``app``/``deployment``."""
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
