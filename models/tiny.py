@@ -6,6 +6,7 @@ labelled ``demo_weights``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -63,7 +64,11 @@ _CORPUS = [
 ]
 
 
-def _build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
+def build_tokenizer(out_dir: Path, specials: list[str], size: int | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE learnt on a few sentences of the field, with the template's chat tokens added.
+
+    ``size`` (a released tokenizer's length, chat tokens included) pads the vocabulary with tokens no
+    merge produces, so embedding tables have the released shape while text still tokenises sensibly."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -74,11 +79,19 @@ def _build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     bpe.train_from_iterator(_CORPUS * 4, trainer)
+    if size is not None:
+        learnt = json.loads(bpe.to_str())
+        vocab: dict[str, int] = learnt["model"]["vocab"]
+        missing = size - len(specials) - len(vocab)
+        if missing < 0:
+            raise ValueError(f"a tokenizer of {size} tokens cannot hold the {len(vocab)} learnt ones")
+        vocab.update({f"<unused_{i}>": len(vocab) + i for i in range(missing)})
+        bpe = Tokenizer.from_str(json.dumps(learnt))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     # Chat tokens are plain added tokens: HealthGPT adds its VQ tokens on load, as with the real Phi-3.
-    tokenizer.add_tokens(PHI3_SPECIAL, special_tokens=True)
+    tokenizer.add_tokens(specials, special_tokens=True)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 
@@ -186,7 +199,7 @@ def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         torch.manual_seed(seed)
-        tokenizer = _build_tokenizer(staging / "backbone")
+        tokenizer = build_tokenizer(staging / "backbone", PHI3_SPECIAL)
         eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|assistant|>", "<|end|>")]
         config = config_class(
             vocab_size=len(tokenizer),

@@ -165,3 +165,38 @@ def vq_decode(
     out.parent.mkdir(parents=True, exist_ok=True)
     to_uint8_image(decoded).save(out)
     typer.echo(str(out))
+
+
+@model_app.command("random")
+def random_model(
+    preset: Annotated[str, typer.Option("--preset", help="m3 | l14 | xl32: the released model to copy.")],
+    out: Annotated[Path, typer.Option("--out", help="A new folder for the spec and the weights.")],
+    layers: Annotated[
+        int | None, typer.Option("--layers", min=1, help="Decoder layers (default: the released depth).")
+    ] = None,
+    vision_layers: Annotated[
+        int | None, typer.Option("--vision-layers", min=2, help="CLIP layers (default: 24).")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16")] = "float32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    no_vqgan: Annotated[bool, typer.Option("--no-vqgan", help="Skip the VQGAN (no image tasks).")] = False,
+) -> None:
+    """Write random weights at a released model's true shapes (widths, heads, vocabulary with the VQ
+    tokens, CLIP-L/14-336, plugins at their ranks, the VQGAN) in the released formats, for benchmarks at
+    real sizes. --layers cuts depth only. Prints the spec path; answers are noise (demo_weights)."""
+    from models.random_weights import build_random
+
+    try:
+        spec = build_random(
+            preset,
+            out,
+            layers=layers,
+            vision_layers=vision_layers,
+            dtype=dtype,
+            seed=seed,
+            with_vqgan=not no_vqgan,
+            progress=lambda step: typer.echo(f"  writing {step}", err=True),
+        )
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
+    typer.echo(str(spec))
