@@ -1,17 +1,23 @@
-"""Serving HealthGPT three ways, side by side in one run, same weights, same machine:
+"""Serving HealthGPT three ways, side by side in one run, same weights, same prompts, same machine:
 
-  (a) official — what the official app does: one request at a time, batch 1, and the whole model
-      rebuilt from disk whenever the task (comprehension <-> generation) changes;
-  (b) sequential — one request at a time, batch 1, both plugins resident (no rebuilds);
+  (a) official — what the official app does for each request: the model rebuilt from disk holding only
+      the task's plugin (rebuild time counted), then transformers' own ``generate()`` at batch 1, greedy,
+      the same number of new tokens as the others (``min_new_tokens`` = ``max_new_tokens``);
+  (b) sequential — our engine with one row: one request at a time, both plugins resident;
   (c) ours — the continuous-batching engine, both plugins resident, rows of both tasks in one batch.
 
-    .venv/bin/python bench/serving.py [--spec tiny] [--device cpu] [--out bench/results/serving-cpu.json]
+    .venv/bin/python -m bench.serving [--spec tiny|SPEC.yaml] [--device cpu] [--out FILE.json]
 
-Clients: C threads (C = 1, 8, 16, 32) sending requests back to back; the load is mixed: half
-comprehension (a question about an image), half generation (an 8x8 grid of VQ tokens, constrained
-decoding, the VQGAN decode excluded because the tiny profile has none). Reported per mode and
-concurrency: throughput (requests/s, generated tokens/s), latency p50/p99 (queueing included) and time
-to first token p50 where the mode streams ((a) does not: the official app answers whole).
+Clients: C threads (C = 1, 8, 16, 32 by default) sending requests back to back; the load is mixed: half
+comprehension (a question about an image), half generation (an 8x8 grid of VQ tokens; the VQGAN decode is
+excluded). Reported per mode and concurrency: throughput (requests/s, generated tokens/s), latency
+p50/p99 (queueing included), time to first token p50 where the mode streams ((a) answers whole), and the
+peak resident memory (CPU) or GPU memory so far. Official requests are serialised as in the official
+app, so fewer of them are timed (``--official-requests``): its throughput does not depend on C.
+
+A roofline figure comes with it: at batch 1 a decode step reads every weight once, so the step can take
+no less than (bytes of the weights a step reads) / (memory bandwidth). The same run measures the
+machine's copy bandwidth and reports the batch-1 decode step of (b) as a fraction of that bound.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import threading
 import time
@@ -62,33 +69,45 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Official:
-    """Sequential; a model holding only the task's plugin, rebuilt when the task changes."""
+    """For each request: rebuild the model from disk with only the task's plugin, then transformers'
+    ``generate()`` at batch 1 on the Hugging Face model (the H-LoRA routed to that plugin, its fusion
+    tables in place), as the official app runs. Serialised: the app serves one request at a time."""
 
     streams = False
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec, self.device = spec, device
         self.lock = threading.Lock()
-        self.task: str | None = None
-        self.model: HealthGPT | None = None
         self.rebuilds = 0
+        self.rebuild_s = 0.0
 
     def run(self, request: GenerationRequest) -> tuple[int, float | None]:
         with self.lock:
-            if request.plugin != self.task:
-                only = self.spec.model_copy(deep=True)
-                only.plugins = {request.plugin: only.plugins[request.plugin]}
-                self.model = HealthGPT(only, device=self.device)
-                self.task = request.plugin
-                self.rebuilds += 1
-            (answer,) = self.model.generate([request])
-            return len(answer.token_ids), None
+            started = time.perf_counter()
+            only = self.spec.model_copy(deep=True)
+            only.plugins = {request.plugin: only.plugins[request.plugin]}
+            model = HealthGPT(only, device=self.device)
+            self.rebuilds += 1
+            self.rebuild_s += time.perf_counter() - started
+            embeds = model.embed_prompt(request.question, request.image, request.plugin)[None]
+            with model.as_single_task(request.plugin) as llm, torch.no_grad():
+                out = llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                    max_new_tokens=request.max_new_tokens,
+                    min_new_tokens=request.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=model.eos_token_ids[0],
+                )
+            del model
+            return int(out.shape[1]), None
 
 
 class Sequential:
     """Sequential, batch 1, both plugins resident (the engine with one row: it streams)."""
 
     streams = True
+    device = "cpu"
 
     def __init__(self, model: HealthGPT) -> None:
         self.engine = BatchEngine(model, EngineLimits(max_batch=1, max_queue=1024, max_new_tokens=256))
@@ -104,6 +123,77 @@ class Ours(Sequential):
         self.engine = BatchEngine(
             model, EngineLimits(max_batch=max_batch, max_queue=1024, max_new_tokens=256)
         )
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory so far, in MiB."""
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str, mib: int = 512, repeats: int = 7) -> float:
+    """Bytes/s moved by the best of ``repeats`` copies of a ``mib`` buffer (read + write counted), far
+    larger than any cache: what a weight-streaming decode step can hope for on this machine."""
+    source = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * source.element_size() / best
+
+
+def weight_bytes_per_step(model: HealthGPT, plugin: str) -> int:
+    """Bytes a batch-1 decode step reads: every decoder weight, the output head and the plugin's
+    H-LoRA and router (the input embedding is one row per step; the vision tower and projector run once
+    per prompt)."""
+    total = 0
+    for name, param in model.llm.named_parameters():
+        if "embed_tokens" not in name:
+            total += param.numel() * param.element_size()
+    groups = model.plugin_parameter_groups(plugin)
+    for group in ("hlora", "router"):
+        total += sum(t.numel() * t.element_size() for t in groups[group].values())
+    return total
+
+
+def roofline(model: HealthGPT, device: str, tokens: int = 48) -> dict:
+    """Batch-1 decode step of the engine (b) against the bandwidth bound, measured in this run."""
+    bandwidth = copy_bandwidth(device)
+    engine = BatchEngine(model, EngineLimits(max_batch=1, max_queue=4, max_new_tokens=256))
+    image = Image.new("RGB", (64, 48), (120, 80, 40))
+    steps = []
+    try:
+        for _ in range(3):
+            job = engine.submit(
+                GenerationRequest("Describe the image in detail.", image, "comprehension", tokens)
+            )
+            answer = job.result(3600)
+            decode_s = answer.seconds - (job.time_to_first_token_s or 0.0)
+            if len(answer.token_ids) > 1:
+                steps.append(decode_s / (len(answer.token_ids) - 1))
+    finally:
+        engine.close()
+    step = statistics.median(steps)
+    weights = weight_bytes_per_step(model, "comprehension")
+    bound = weights / bandwidth
+    return {
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "weight_bytes_per_step": weights,
+        "bound_step_ms": round(bound * 1000, 3),
+        "decode_step_ms": round(step * 1000, 3),
+        "fraction_of_bound": round(bound / step, 3),
+        "tokens_per_request": tokens,
+    }
 
 
 def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict:
@@ -144,6 +234,7 @@ def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict
         "latency_p50_s": round(_percentile(latencies, 0.5), 4),
         "latency_p99_s": round(_percentile(latencies, 0.99), 4),
         "ttft_p50_s": round(statistics.median(ttfts), 4) if ttfts else None,
+        "peak_memory_mib": peak_memory_mib(getattr(server, "device", "cpu")),
     }
 
 
@@ -159,19 +250,36 @@ def main() -> None:
 
     spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
     model = HealthGPT(spec, device=args.device)
+    shape = {
+        "spec": spec.name,
+        "dtype": spec.dtype,
+        "hidden": model.llm.config.hidden_size,
+        "layers": model.llm.config.num_hidden_layers,
+        "vocab": len(model.tokenizer),
+        "ranks": {name: plugin.r for name, plugin in spec.plugins.items()},
+        "demo_weights": spec.demo_weights,
+    }
+    print(f"model {shape} on {args.device}", flush=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, list[dict]] = {"official": [], "sequential": [], "ours": []}
     official = Official(spec, args.device)
     sequential = Sequential(model)
+    sequential.device = args.device
+    measure(Ours(model, 32), workload(4), 4)  # warm-up: kernels, allocator, the first rebuild's caches
+    official.run(workload(1)[0])
     for concurrency in levels:
         count = max(8, concurrency * args.requests_per_client)
         requests = workload(count)
-        measure(Ours(model, 32), workload(4), 4)  # warm-up
-        before = official.rebuilds
+        before, before_s = official.rebuilds, official.rebuild_s
         row = measure(official, workload(min(count, args.official_requests)), concurrency)
-        results["official"].append({**row, "rebuilds": official.rebuilds - before})
+        rebuilds = official.rebuilds - before
+        row.update(
+            rebuilds=rebuilds, rebuild_s_mean=round((official.rebuild_s - before_s) / max(1, rebuilds), 3)
+        )
+        results["official"].append(row)
         results["sequential"].append(measure(sequential, requests, concurrency))
         ours = Ours(model, max_batch=max(1, concurrency))
+        ours.device = args.device
         results["ours"].append(measure(ours, requests, concurrency))
         ours.engine.close()
         for mode in results:
@@ -179,10 +287,13 @@ def main() -> None:
             print(
                 f"C={concurrency:>2} {mode:<10} {row['requests_per_s']:>7.2f} req/s "
                 f"{row['tokens_per_s']:>8.1f} tok/s "
-                f"p50 {row['latency_p50_s']:.3f}s p99 {row['latency_p99_s']:.3f}s ttft {row['ttft_p50_s']}",
+                f"p50 {row['latency_p50_s']:.3f}s p99 {row['latency_p99_s']:.3f}s ttft {row['ttft_p50_s']} "
+                f"peak {row['peak_memory_mib']} MiB",
                 flush=True,
             )
     sequential.engine.close()
+    bound = roofline(model, args.device)
+    print(f"roofline {bound}", flush=True)
     ratios = {
         str(row["concurrency"]): {
             "ours_vs_sequential": round(row["requests_per_s"] / seq["requests_per_s"], 2),
@@ -191,18 +302,21 @@ def main() -> None:
         for row, seq, off in zip(results["ours"], results["sequential"], results["official"], strict=True)
     }
     report = {
-        "benchmark": "serving: official path vs sequential vs continuous batching (mixed load)",
+        "benchmark": "serving: official path (rebuild + transformers generate, batch 1) vs sequential vs "
+        "continuous batching (mixed load)",
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "device": args.device,
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
-        "model": {"spec": spec.name, "dtype": spec.dtype},
+        "model": shape,
         "workload": {"text_tokens": TEXT_TOKENS, "vq_tokens": GRID, "mix": "1:1 comprehension:generation"},
         "throughput_ratios": ratios,
+        "roofline": bound,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

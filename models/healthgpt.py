@@ -362,6 +362,27 @@ class HealthGPT:
             for layer in self.layers.values():
                 layer.routing = None
 
+    @contextmanager
+    def as_single_task(self, plugin: str) -> Iterator[nn.Module]:
+        """The Hugging Face causal LM as the official code holds it for one task: every adapted layer
+        routed to ``plugin`` and the plugin's own tables (a fusion file) in the embedding and the head.
+        For code that drives the HF model itself, e.g. transformers' ``generate()`` in the official-path
+        baseline. It holds the routing lock throughout: serving waits meanwhile."""
+        if plugin not in self.spec.plugins:
+            raise ValueError(f"unknown plugin {plugin!r}; this model has {sorted(self.spec.plugins)}")
+        embedding, head = self.llm.get_input_embeddings(), self.llm.get_output_embeddings()
+        saved = embedding.weight, head.weight
+        tables = self.overrides.get(plugin, {})
+        with self._routing_lock, self._routed([plugin]):
+            try:
+                if EMBED_KEY in tables:
+                    embedding.weight = nn.Parameter(tables[EMBED_KEY], requires_grad=False)
+                if HEAD_KEY in tables:
+                    head.weight = nn.Parameter(tables[HEAD_KEY], requires_grad=False)
+                yield self.llm
+            finally:
+                embedding.weight, head.weight = saved
+
     def _logits(self, hidden: torch.Tensor, plugins: Sequence[str]) -> torch.Tensor:
         """Each row through its plugin's output head (the base head unless the plugin overrides it)."""
         base = self.llm.get_output_embeddings().weight

@@ -102,3 +102,32 @@ def test_the_cli_refuses_what_it_cannot_build(tmp_path: Path, m3_one_layer: Path
     )
     assert dtype.exit_code == 2 and "unknown dtype" in dtype.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _hf_generate(model: HealthGPT, question: str, image, plugin: str, tokens: int) -> list[int]:
+    """transformers' own generate() on the Hugging Face model, as the official scripts decode."""
+    embeds = model.embed_prompt(question, image, plugin)[None]
+    with model.as_single_task(plugin) as llm, torch.no_grad():
+        out = llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=model.eos_token_ids[0],
+        )
+    return out[0, -tokens:].tolist()
+
+
+def test_transformers_generate_on_the_single_task_model_matches_ours(m3_one_layer: Path) -> None:
+    """The official-path baseline decodes with transformers' generate(); with the plugin's routing and
+    its fusion tables in place it gives our greedy tokens (M3 generation carries its own tables)."""
+    model = HealthGPT(ModelSpec.from_yaml(m3_one_layer))
+    picture = Image.new("RGB", (300, 300), (40, 90, 140))
+    for plugin, question in (("comprehension", "What is shown?"), ("generation", "Reconstruct the image.")):
+        ours = model.ask(question, picture, plugin=plugin, max_new_tokens=4).token_ids
+        assert _hf_generate(model, question, picture, plugin, 4) == ours, plugin
+    head = model.llm.get_output_embeddings().weight
+    with model.as_single_task("generation") as llm:
+        assert llm.get_output_embeddings().weight is not head
+    assert model.llm.get_output_embeddings().weight is head, "the shared tables are back"
