@@ -46,7 +46,7 @@ from sqlalchemy import update
 
 from memory.db import transaction
 from memory.locks import PROMOTION_LOCK, LockBusy, hold
-from memory.records import Conflict, InvalidInput, NotFound, Records
+from memory.records import AccessDenied, Conflict, InvalidInput, NotFound, Records
 from memory.schema import AdapterStatus, FineTuneJob, JobStatus, Role
 from memory.users import Principal
 from models.adapters import WEIGHTS_FILE, file_sha256
@@ -64,6 +64,75 @@ class JobRequest:
     since: datetime | None = None
     min_examples: int | None = None
     epochs: int | None = None
+    datasets: tuple[str, ...] = ()  # registered curated datasets (ids) to train on as well
+    feedback: bool = True  # False: the curated datasets alone
+
+
+def datasets_dir(settings: Any) -> Path:
+    """The library of registered curated datasets (tools.finetune.curated), beside the jobs' folders."""
+    return settings.finetune_dir / "datasets"
+
+
+def register_dataset(
+    records: Records,
+    settings: Any,
+    pixels: Any,
+    path: Path,
+    plugin: str,
+    *,
+    name: str | None = None,
+    confined: bool = False,
+):
+    """Register a curated JSONL file for ``plugin`` (the CLI's and the API's one way), audited in the
+    caller's transaction as ``dataset.write`` by the records' actor. Raises tools.finetune's
+    DatasetError (each bad row named by ``file:line``) or DatasetExists."""
+    from memory import audit
+    from tools.finetune.curated import add_curated
+
+    _admin_only(records)
+    entry = add_curated(
+        datasets_dir(settings),
+        path,
+        pixels,
+        plugin,
+        registered_by=records.actor.name,
+        name=name,
+        heldout_fraction=settings.finetune.heldout_fraction,
+        confined=confined,
+    )
+    detail = {"plugin": plugin, "name": entry.name, "rows": entry.rows, "digest": entry.digest}
+    audit.append(
+        records.session,
+        actor=records.actor,
+        action="dataset.write",
+        resource="dataset",
+        resource_id=entry.id,
+        detail=detail,
+    )
+    return entry
+
+
+def _admin_only(records: Records) -> None:
+    if records.actor.role is not Role.admin:
+        raise AccessDenied("curated datasets are for admins")
+
+
+def list_datasets(records: Records, settings: Any, plugin: str | None = None) -> list:
+    """Registered curated datasets, oldest first; the listing is audited (``dataset.read``)."""
+    from memory import audit
+    from tools.finetune.curated import list_curated
+
+    _admin_only(records)
+    found = list_curated(datasets_dir(settings), plugin)
+    audit.append(
+        records.session,
+        actor=records.actor,
+        action="dataset.read",
+        resource="dataset",
+        resource_id=plugin or "*",
+        detail={"count": len(found)},
+    )
+    return found
 
 
 class FineTuneService:
@@ -129,6 +198,7 @@ class FineTuneService:
             raise InvalidInput(
                 f"unknown plugin {request.plugin!r}; the model has {sorted(model_info.plugins)}"
             )
+        self._check_datasets(request)
         token = self.services.backends.locks.acquire(_job_lock(request.plugin), self._lock_ttl())
         if token is None:
             raise Conflict(f"a fine-tune of {request.plugin} is already running; one job per plugin")
@@ -142,6 +212,8 @@ class FineTuneService:
                     "since": request.since.isoformat() if request.since else None,
                     "min_examples": request.min_examples or self.config.min_examples,
                     "epochs": request.epochs,
+                    "datasets": list(request.datasets),
+                    "feedback": request.feedback,
                 }
                 job = records.create_job(request.plugin, config, champion_version=champion.version)
                 records.touch_job(job.id, runner=self.runner_id)
@@ -151,6 +223,22 @@ class FineTuneService:
         self.services.backends.events.publish(job.id, "queued", {"plugin": job.plugin, "config": config})
         self._launch(job.id, token)
         return job
+
+    def _check_datasets(self, request: JobRequest) -> None:
+        """Named datasets exist and are the plugin's; a job without feedback names at least one."""
+        from tools.finetune.curated import UnknownDataset, find_curated
+
+        if not request.feedback and not request.datasets:
+            raise InvalidInput("datasets: a job with feedback=false trains on curated datasets; name one")
+        for dataset_id in request.datasets:
+            try:
+                entry = find_curated(datasets_dir(self.settings), dataset_id)
+            except UnknownDataset as exc:
+                raise InvalidInput(f"datasets: {exc}") from exc
+            if entry.plugin != request.plugin:
+                raise InvalidInput(
+                    f"datasets: {dataset_id} was registered for {entry.plugin}, not {request.plugin}"
+                )
 
     def _ensure_champion(self, records: Records, plugin: str, serving: dict[str, str]):
         """The registered champion; the base plugin is registered as the first champion when none is."""
@@ -218,7 +306,6 @@ class FineTuneService:
 
     # -- supervision --------------------------------------------------------------------------------
     def _supervise(self, job_id: int, stop: threading.Event, lock_token: str | None) -> None:
-        events = self.services.backends.events
         plugin = ""
         try:
             with self._as_owner(job_id) as records:
@@ -231,8 +318,8 @@ class FineTuneService:
                             "job %s: the lock of %s is held; waiting for it to expire", job_id, plugin
                         )
                 plan = self._plan(records, job)
-                records.advance_job(job_id, JobStatus.running, "running", runner=self.runner_id)
-            events.publish(job_id, "running", {"runner": self.runner_id, "version": plan.version})
+                # Still queued: it runs once its worker reports in (a Ray job may wait for resources).
+                records.touch_job(job_id, runner=self.runner_id)
             outcome = self._run(job_id, plan, stop, lock_token)
             self._finish(job_id, plan, outcome)
         except RefreshStopped as exc:
@@ -251,6 +338,7 @@ class FineTuneService:
 
     def _plan(self, records: Records, job: FineTuneJob) -> RefreshPlan:
         from memory.records import _as_utc
+        from tools.finetune.curated import curated_rows
         from tools.finetune.dataset import MANIFEST_FILE, read_manifest
         from tools.finetune.feedback import snapshot_from_records
 
@@ -262,6 +350,8 @@ class FineTuneService:
             if snapshot.exists():
                 shutil.rmtree(snapshot)  # an unfinished snapshot of a gateway that died
             since = datetime.fromisoformat(config["since"]) if config.get("since") else None
+            library, pixels = datasets_dir(self.settings), self.services.pixels
+            curated = {name: curated_rows(library, name, pixels) for name in config.get("datasets") or ()}
             manifest = snapshot_from_records(
                 records,
                 job.plugin,
@@ -270,11 +360,18 @@ class FineTuneService:
                 since_version=champion.version if champion is not None else None,
                 since=_as_utc(since) if since else None,
                 heldout_fraction=self.config.heldout_fraction,
+                curated=curated,
+                feedback=config.get("feedback", True),
             )
         else:
             manifest = read_manifest(snapshot)
         records.touch_job(job.id)
-        job.dataset = {"digest": manifest.digest, "counts": manifest.counts, "skipped": manifest.skipped}
+        job.dataset = {
+            "digest": manifest.digest,
+            "counts": manifest.counts,
+            "skipped": manifest.skipped,
+            "curated": manifest.selection.get("curated") or {},
+        }
         hyper = {
             "epochs": config.get("epochs") or self.config.epochs,
             "batch_size": self.config.batch_size,
@@ -315,7 +412,11 @@ class FineTuneService:
             executor = "ray" if _ray_running() else "process"
         if executor == "ray":
             runner: Any = _RayWorker(
-                plan, self.config.num_workers, self.config.use_gpu, self.config.cpus_per_worker
+                plan,
+                self.config.num_workers,
+                self.config.use_gpu,
+                self.config.cpus_per_worker,
+                queue_timeout_s=self.config.queue_timeout_s,
             )
         else:
             runner = _ProcessWorker(plan) if executor == "process" else _ThreadWorker(plan)
@@ -347,7 +448,11 @@ class FineTuneService:
 
     def _relay(self, job_id: int, kind: str, data: dict[str, Any]) -> None:
         events = self.services.backends.events
-        if kind == "evaluating":
+        if kind == "started":
+            with self._as_owner(job_id) as records:
+                records.advance_job(job_id, JobStatus.running, "running", runner=self.runner_id)
+            events.publish(job_id, "running", {"runner": self.runner_id, **data})
+        elif kind == "evaluating":
             with self._as_owner(job_id) as records:
                 records.advance_job(job_id, JobStatus.evaluating, "training done; running the gate")
             events.publish(job_id, "evaluating", data)
@@ -526,6 +631,10 @@ class FineTuneService:
                 self.swap.apply(plugin, version, files, sha256)
 
 
+class QueueTimeout(RuntimeError):
+    """A Ray job found no room for its workers before ``finetune.queue_timeout_s``."""
+
+
 class _Orphaned(Exception):
     """The gateway is closing while the job runs: left for the next gateway to adopt."""
 
@@ -682,16 +791,57 @@ def _ray_loop(config: dict) -> None:
 
 
 class _RayWorker:
-    """A Ray Train ``TorchTrainer`` (workers and GPUs from settings), fitted in a thread of its own."""
+    """A Ray Train ``TorchTrainer`` (workers and GPUs from settings), fitted in a thread of its own.
+
+    Ray Train waits as long as it takes for its workers' resources. So that a job on a cluster without
+    room does not wait forever, the thread first reserves the same resources as a placement group of its
+    own, for at most ``queue_timeout_s``; the job fails with what it asked for and what was free when the
+    wait ran out, and nothing is left waiting in the cluster. The reservation is released just before
+    Ray Train asks for it again."""
 
     def __init__(
-        self, plan: RefreshPlan, num_workers: int = 1, use_gpu: bool = False, cpus: float = 1.0
+        self,
+        plan: RefreshPlan,
+        num_workers: int = 1,
+        use_gpu: bool = False,
+        cpus: float = 1.0,
+        *,
+        queue_timeout_s: float = 900.0,
     ) -> None:
         self.plan = plan
         self.num_workers, self.use_gpu, self.cpus = num_workers, use_gpu, cpus
+        self.queue_timeout_s = queue_timeout_s
         self._final: tuple[str, dict] | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def _bundle(self) -> dict[str, float]:
+        return {"CPU": self.cpus, **({"GPU": 1.0} if self.use_gpu else {})}
+
+    def _wait_for_room(self) -> None:
+        """Return once the cluster can place every worker; raise when cancelled or past the deadline."""
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        bundle = self._bundle()
+        group = placement_group([bundle] * self.num_workers, strategy="PACK")  # ScalingConfig's default
+        deadline = time.monotonic() + self.queue_timeout_s
+        try:
+            while not group.wait(timeout_seconds=max(0.05, min(1.0, deadline - time.monotonic()))):
+                if self._stopping.is_set():
+                    raise RefreshStopped("cancelled while waiting for resources")
+                if time.monotonic() >= deadline:
+                    wanted = ", ".join(f"{value:g} {name}" for name, value in bundle.items())
+                    free = ray.available_resources()
+                    has = ", ".join(f"{free.get(name, 0):g} {name}" for name in bundle)
+                    raise QueueTimeout(
+                        f"waited {self.queue_timeout_s:g} s (finetune.queue_timeout_s) for "
+                        f"{self.num_workers} Ray Train worker(s) of {wanted} each; the cluster had "
+                        f"{has} free"
+                    )
+        finally:
+            remove_placement_group(group)
 
     def start(self) -> None:
         import ray
@@ -727,6 +877,7 @@ class _RayWorker:
 
         def fit() -> None:
             try:
+                self._wait_for_room()
                 trainer.fit()
             except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
                 self._error = exc
@@ -754,6 +905,7 @@ class _RayWorker:
         return self._thread is not None and not self._thread.is_alive()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._control.stop.remote()
 
     def result(self) -> dict:
@@ -761,6 +913,8 @@ class _RayWorker:
             raise RefreshStopped(self._final[1]["reason"])
         if self._final is not None and self._final[0] == "__error__":
             raise RuntimeError(self._final[1]["reason"])
+        if isinstance(self._error, RefreshStopped | QueueTimeout):
+            raise self._error
         if self._error is not None:
             raise RuntimeError(f"the Ray Train worker failed: {_reason(self._error)}")
         outcome = Path(self.plan.work_dir) / OUTCOME_FILE

@@ -68,6 +68,12 @@ class FineTuneSettings(BaseModel):
     )
     use_gpu: bool = Field(default=False, description="Ray Train workers ask for a GPU each.")
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    queue_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A Ray job waits this long at most for its workers' CPUs/GPUs in the cluster, then "
+        "fails naming the resources it waited for (an autoscaler has this long to add a node).",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads in the trainer.")
     epochs: int | None = Field(default=None, ge=1, le=1000)
     batch_size: int | None = Field(default=None, ge=1)

@@ -271,6 +271,30 @@ PluginName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za
 Reason = Annotated[Text, Field(min_length=1, max_length=2000, description="Why: kept in the audit log.")]
 
 
+DatasetId = Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")]
+
+
+class DatasetOut(BaseModel):
+    """A registered curated dataset: {question, answer, image?} rows for fine-tune jobs of one plugin."""
+
+    id: str = Field(description="Name it in POST /v1/admin/finetunes {'datasets': [id]}.")
+    name: str
+    plugin: str
+    file: str = Field(description="The uploaded file's name.")
+    file_sha256: str
+    rows: int
+    counts: dict[str, dict[str, int]] = Field(description="Rows per split (train, heldout) and kind.")
+    images: int
+    digest: str = Field(description="sha256 over the dataset's files and images.")
+    registered_by: str
+    registered_at: Timestamp
+
+
+class DatasetForm(BaseModel):
+    plugin: PluginName = Field(description="The plugin the rows are for.")
+    name: str | None = Field(default=None, min_length=1, max_length=200, description="Default: file's name.")
+
+
 class FineTuneCreate(_Request):
     plugin: PluginName = Field(description="The plugin to refresh, e.g. 'comprehension'.")
     method: Literal["sft", "dpo", "kto", "all"] = Field(
@@ -282,6 +306,14 @@ class FineTuneCreate(_Request):
     )
     min_examples: int | None = Field(default=None, ge=1, le=1_000_000, description="Training rows needed.")
     epochs: int | None = Field(default=None, ge=1, le=1000, description="Default: settings, else the preset.")
+    datasets: list[DatasetId] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Registered curated datasets (GET /v1/admin/datasets) whose rows are trained on as well.",
+    )
+    feedback: bool = Field(
+        default=True, description="Train on the feedback since the champion; false: the datasets alone."
+    )
 
 
 class FineTuneAccepted(_FromRow):

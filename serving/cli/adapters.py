@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serving.cli.common import ConfigOption, JsonFlag, fail, operator_records
+from serving.cli.common import ConfigOption, JsonFlag, fail, load, operator_records
 from serving.cli.model import load_model
 
 if TYPE_CHECKING:
@@ -208,6 +208,68 @@ def jobs_command(config: ConfigOption = None, plugin: PluginFilter = None, as_js
         typer.echo(
             f"{row['id']:>4}  {row['plugin']:<14} {row['status']:<11} {where:<14} {gate} {row['error'] or ''}"
         )
+
+
+# -- curated datasets (files under the data directory, registrations audited) ----------------------------
+datasets_app = typer.Typer(
+    help="Curated datasets: {question, answer, image?} JSONL rows a fine-tune trains on besides feedback.",
+    no_args_is_help=True,
+)
+adapters_app.add_typer(datasets_app, name="datasets")
+
+
+def _dataset_line(entry) -> str:
+    split = entry.counts
+    return (
+        f"{entry.id:<30} {entry.plugin:<14} {entry.rows:>6} rows ({split['train']['sft']} train, "
+        f"{split['heldout']['sft']} held out, {entry.images} images)  {entry.name}"
+    )
+
+
+@datasets_app.command("add")
+def datasets_add_command(
+    file: Annotated[Path, typer.Argument(help="JSONL rows; 'image' paths are relative to the file.")],
+    plugin: Annotated[str, typer.Option("--plugin", help="The plugin the rows are for.")],
+    name: Annotated[str | None, typer.Option("--name", help="Listed by this (default: the file's).")] = None,
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate FILE (every bad row named by file:line) and register it; name its id in a job's
+    ``datasets`` (POST /v1/admin/finetunes) to train on its rows."""
+    from memory.pixels import PixelStore
+    from serving.finetune import register_dataset
+    from tools.finetune.curated import DatasetExists
+    from tools.finetune.dataset import DatasetError
+
+    settings = load(config)
+    pixels = PixelStore(settings.resolved_pixel_dir, max_bytes=settings.max_upload_bytes)
+    try:
+        with operator_records(config) as records:
+            entry = register_dataset(records, settings, pixels, file, plugin, name=name)
+    except DatasetExists as exc:
+        fail(str(exc), code=1)
+    except DatasetError as exc:
+        fail(str(exc))
+    typer.echo(entry.model_dump_json() if as_json else f"registered: {_dataset_line(entry)}")
+
+
+@datasets_app.command("list")
+def datasets_list_command(
+    config: ConfigOption = None, plugin: PluginFilter = None, as_json: JsonFlag = False
+) -> None:
+    """Registered curated datasets, oldest first: id, plugin, rows, images, name."""
+    from serving.finetune import list_datasets
+
+    settings = load(config)
+    with operator_records(config) as records:
+        found = list_datasets(records, settings, plugin)
+    if as_json:
+        typer.echo(json.dumps([json.loads(entry.model_dump_json()) for entry in found]))
+        return
+    if not found:
+        typer.echo("no curated datasets registered (healthagent adapters datasets add FILE --plugin P)")
+    for entry in found:
+        typer.echo(_dataset_line(entry))
 
 
 @adapters_app.command("evaluate")

@@ -211,3 +211,49 @@ def test_registry_and_jobs_on_a_fresh_database_and_promotion_needs_the_service(t
         ["adapters", "promote", "v2", "--reason", "better", "--token", "ha_x", "--url", "http://127.0.0.1:9"],
     )
     assert unreachable.exit_code == 2 and "cannot reach the service" in unreachable.output
+
+
+def test_datasets_add_and_list(tmp_path: Path, database_url: str, data: Path) -> None:
+    """`adapters datasets add|list` register a curated file under the data directory, audited."""
+    from sqlalchemy import select
+
+    from memory.db import make_session_factory, transaction
+    from memory.schema import AuditEntry
+    from memory.users import new_token, set_bootstrap_token
+    from serving.services import prepare_database
+    from serving.settings import load_settings
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\ndatabase_url: '{database_url}'\n")
+    engine = prepare_database(load_settings(config))
+    with transaction(make_session_factory(engine)) as session:
+        set_bootstrap_token(session, new_token())
+    base = ["adapters", "datasets"]
+    assert "no curated datasets" in runner.invoke(app, [*base, "list", "--config", str(config)]).output
+
+    added = _json(*base, "add", str(data), "--plugin", "comprehension", "--name", "demo", "--config",
+                  str(config), "--json")  # fmt: skip
+    assert added["rows"] == 2 and added["images"] == 1 and added["name"] == "demo"
+    assert added["id"].startswith("comprehension-") and added["registered_by"]
+    assert (tmp_path / "var" / "finetune" / "datasets" / added["id"] / "manifest.json").is_file()
+    listed = _json(*base, "list", "--config", str(config), "--json")
+    assert [d["id"] for d in listed] == [added["id"]]
+    text = runner.invoke(app, [*base, "list", "--config", str(config)]).output
+    assert added["id"] in text and "2 rows" in text and "demo" in text
+
+    again = runner.invoke(
+        app, [*base, "add", str(data), "--plugin", "comprehension", "--config", str(config)]
+    )
+    assert again.exit_code == 1 and "registered already" in again.output
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "Q", "answer": "A"}\n{"answer": "A"}\n')
+    bad = runner.invoke(
+        app, [*base, "add", str(broken), "--plugin", "comprehension", "--config", str(config)]
+    )
+    assert bad.exit_code == 2 and "broken.jsonl:2: 'question' must be a non-empty string" in bad.output
+    with make_session_factory(engine)() as session:
+        actions = [
+            e.action for e in session.scalars(select(AuditEntry).where(AuditEntry.resource == "dataset"))
+        ]
+    engine.dispose()
+    assert actions.count("dataset.write") == 1 and "dataset.read" in actions

@@ -17,6 +17,9 @@ RECORDED = [
     # issue 14: promotion and rollback of adapter versions, fine-tune jobs
     ("/v1/admin/adapters/{plugin}/rollback", "POST"),
     ("/v1/admin/adapters/{version}/promote", "POST"),
+    # issue 14: curated datasets a fine-tune trains on besides feedback
+    ("/v1/admin/datasets", "GET"),
+    ("/v1/admin/datasets", "POST"),
     ("/v1/admin/feedback/summary", "GET"),
     ("/v1/admin/finetunes", "GET"),
     ("/v1/admin/finetunes", "POST"),

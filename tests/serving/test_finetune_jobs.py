@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from memory.db import transaction
 from memory.records import Records
@@ -28,6 +28,7 @@ from serving.services import prepare_database
 from serving.settings import Settings
 from tests.agents.scenarios.conftest import auth, make_people, start
 from tools.finetune.dataset import group_hash, split_of
+from tools.finetune.feedback import read_sections
 from tools.finetune.vqa import freeze_regression_set
 
 PLUGIN = "comprehension"
@@ -159,6 +160,63 @@ def correct_reads(services, people, count: int = 12, *, shuffle: bool = False) -
             records.add_feedback("correction", {"text": f"Findings: {finding}"}, read_id=read.id)
 
 
+def ct_study(colour, size: int = 32) -> bytes:
+    """A colour CT as a DICOM file: its rendered picture is the colour (as the pictures above)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality, ds.BurnedInAnnotation = "P1", "Doe^Pam", "CT", "NO"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.full((size, size, 3), colour, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def second_read(client, people, colour) -> dict:
+    """A physician uploads a study and asks for the AI's second read (HTTP): the drafted turn."""
+    study = client.post(
+        "/v1/studies",
+        data={"patient_id": str(people.pam_patient_id)},
+        files={"file": ("ct.dcm", ct_study(colour), "application/dicom")},
+        headers=auth(people.dr_doe),
+    )
+    assert study.status_code == 201, study.text
+    drafted = client.post(f"/v1/studies/{study.json()['id']}/reads", headers=auth(people.dr_doe))
+    assert drafted.status_code == 201 and drafted.json()["read_id"], drafted.text
+    return drafted.json() | {"study_id": study.json()["id"]}
+
+
+def correct_reads_http(client, people, services, count: int = 12) -> None:
+    """Physicians correct the champion's second reads through the API (upload, read, correction)."""
+    from memory.schema import Study
+
+    placed = {"train": 0, "heldout": 0}
+    for _ in range(count):
+        with services.sessions() as session:  # the id the upload will get: its side of the split
+            study_id = (session.scalar(select(func.max(Study.id))) or 0) + 1
+        side = split_of(group_hash(f"study:{study_id}"), 0.2)
+        index = placed[side] % len(FINDINGS)
+        drafted = second_read(client, people, shade(list(FINDINGS)[index], 1 + placed[side]))
+        assert drafted["study_id"] == study_id
+        placed[side] += 1
+        corrected = client.post(
+            f"/v1/reads/{drafted['read_id']}/signoff",
+            json={"action": "correct", "text": f"Findings: {list(FINDINGS.values())[index]}"},
+            headers=auth(people.dr_doe),
+        )
+        assert corrected.status_code == 200, corrected.text
+
+
 def run_job(client, people, **body) -> dict:
     response = client.post("/v1/admin/finetunes", json={"plugin": PLUGIN, **body}, headers=auth(people.admin))
     assert response.status_code == 202, response.text
@@ -187,8 +245,10 @@ def test_corrections_job_gate_promote_rollback(world) -> None:
     client, people, services = world
     picture = png(shade(list(FINDINGS)[1], 2))
     before_text, base_version = answer_with_version(services, picture)
-    correct_reads(services, people)
-    job = run_job(client, people, epochs=12)
+    correct_reads_http(client, people, services)
+    summary = client.get("/v1/admin/feedback/summary", headers=auth(people.admin)).json()
+    assert {"plugin": PLUGIN, "adapter_version": base_version, "kind": "correction", "count": 12} in summary
+    job = run_job(client, people, epochs=40)  # enough for the tiny model to learn its rows by heart
     assert job["status"] == "succeeded", json.dumps(job, indent=2)
     assert job["gate"]["passed"] is True and {c["name"] for c in job["gate"]["checks"]} == {
         "heldout_logprob",
@@ -236,8 +296,13 @@ def test_corrections_job_gate_promote_rollback(world) -> None:
     }
     _, version_now = ask(client, people)
     assert version_now == candidate  # the next answer's provenance carries the new version
+    # The next second read carries it too, and a trained question gets its trained answer.
+    read = second_read(client, people, shade(list(FINDINGS)[1], 2))
+    assert read["provenance"]["adapter_version"] == candidate, read["provenance"]
+    drafted = read_sections(read["answer"])["findings"]  # cut at the settings' max_new_tokens
+    assert len(drafted) >= 6 and FINDINGS[list(FINDINGS)[1]].startswith(drafted), read["answer"]
     trained_text, _ = answer_with_version(services, picture)
-    assert trained_text != before_text
+    assert trained_text == FINDINGS[list(FINDINGS)[1]] != before_text
 
     rolled = client.post(
         f"/v1/admin/adapters/{PLUGIN}/rollback", json={"reason": "drill"}, headers=auth(people.admin)
@@ -255,6 +320,88 @@ def test_corrections_job_gate_promote_rollback(world) -> None:
         assert session.scalar(select(AdapterVersion.status).where(AdapterVersion.version == candidate)) == (
             AdapterStatus.rolled_back
         )
+
+
+def curated_upload(rows: list[dict], images: dict[str, bytes], name: str = "rows.jsonl") -> list:
+    jsonl = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    parts = [("file", (name, jsonl, "application/x-ndjson"))]
+    return parts + [("images", (key, data, "image/png")) for key, data in images.items()]
+
+
+def test_curated_datasets_by_http_then_a_job_on_them(world) -> None:
+    client, people, services = world
+    admin = auth(people.admin)
+    colours = list(FINDINGS)
+    images = {f"c{i}.png": png(shade(colours[i % 3], i)) for i in range(12)}
+    rows = [
+        {"question": QUESTION, "answer": FINDINGS[colours[i % 3]], "image": f"c{i}.png"} for i in range(12)
+    ]
+    form = {"plugin": PLUGIN, "name": "colour findings"}
+
+    # Admins only; every bad row answered at once, each named by its line; nothing outside the upload.
+    denied = client.post(
+        "/v1/admin/datasets", data=form, files=curated_upload(rows, images), headers=auth(people.dr_doe)
+    )
+    assert denied.status_code == 403
+    bad = [
+        rows[0],
+        {"question": "Q"},
+        {**rows[1], "image": "../../etc/passwd"},
+        {**rows[2], "image": "gone.png"},
+    ]
+    refused = client.post("/v1/admin/datasets", data=form, files=curated_upload(bad, images), headers=admin)
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    messages = [e["message"] for e in refused.json()["errors"]]
+    assert messages == [
+        "rows.jsonl:2: 'answer' must be a non-empty string",
+        "rows.jsonl:3: 'image' must name one of the uploaded files, not a path",
+        "rows.jsonl:4: image not found: gone.png",
+    ], refused.json()
+    assert "rows.jsonl:2" in refused.json()["detail"]
+    unknown = client.post(
+        "/v1/admin/datasets", data={"plugin": "nope"}, files=curated_upload(rows, images), headers=admin
+    )
+    assert unknown.status_code == 422 and "plugin" in unknown.json()["detail"]
+    assert client.post("/v1/admin/datasets", json={"plugin": PLUGIN}, headers=admin).status_code == 415
+
+    added = client.post("/v1/admin/datasets", data=form, files=curated_upload(rows, images), headers=admin)
+    assert added.status_code == 201, added.text
+    dataset = added.json()
+    assert dataset["plugin"] == PLUGIN and dataset["rows"] == 12 and dataset["images"] == 12
+    assert dataset["name"] == "colour findings" and dataset["file"] == "rows.jsonl"
+    again = client.post("/v1/admin/datasets", data=form, files=curated_upload(rows, images), headers=admin)
+    assert again.status_code == 409 and dataset["id"] in again.json()["detail"]
+    listed = client.get("/v1/admin/datasets", headers=admin).json()
+    assert [d["id"] for d in listed] == [dataset["id"]]
+    assert client.get("/v1/admin/datasets", headers=auth(people.dr_doe)).status_code == 403
+
+    # A job names it: on its own (feedback=false), or besides the feedback since the champion.
+    for body, detail in [
+        ({"datasets": ["nope-123"]}, "no registered dataset"),
+        ({"feedback": False}, "name one"),
+        ({"datasets": ["../x"]}, "datasets"),
+    ]:
+        wrong = client.post("/v1/admin/finetunes", json={"plugin": PLUGIN, **body}, headers=admin)
+        assert wrong.status_code == 422 and detail in wrong.text, wrong.text
+    only = run_job(client, people, datasets=[dataset["id"]], feedback=False, epochs=1)
+    assert only["status"] in ("succeeded", "rejected") and only["gate"] is not None, json.dumps(
+        only, indent=2
+    )
+    assert only["dataset"]["curated"] == {dataset["id"]: 12}
+    assert sum(only["dataset"]["counts"][split]["sft"] for split in ("train", "heldout")) == 12
+    correct_reads(services, people, count=4)
+    both = run_job(client, people, datasets=[dataset["id"]], epochs=1)
+    assert both["status"] in ("succeeded", "rejected"), json.dumps(both, indent=2)
+    counts = both["dataset"]["counts"]
+    # Each correction is a supervised row and a correction-over-draft pair, besides the 12 curated rows.
+    assert sum(counts[split]["sft"] for split in counts) == 12 + 4
+    assert sum(counts[split]["pair"] for split in counts) == 4
+    with services.sessions() as session:
+        audited = [
+            (e.action, e.resource_id)
+            for e in session.scalars(select(AuditEntry).where(AuditEntry.resource == "dataset"))
+        ]
+    assert ("dataset.write", dataset["id"]) in audited and ("dataset.read", "*") in audited
 
 
 def test_a_harmful_adapter_is_rejected_and_never_served(world) -> None:

@@ -171,16 +171,25 @@ def test_promote_and_roll_back_through_the_serve_controller_under_load(local_ray
     serve.delete("promote")
 
 
-# -- (b) a fine-tune job on Ray Train ------------------------------------------------------------------
-def test_a_job_runs_on_ray_train(
-    request: pytest.FixtureRequest, local_ray: Path, tmp_path: Path, database_url: str, tiny_spec, regression
-) -> None:
-    settings = settings_for(tmp_path, database_url, regression, executor="ray", cpus_per_worker=1.0)
+def _ray_job_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, regression, **finetune
+):
+    """Settings, database ready, for a gateway whose jobs run on the local Ray (on PostgreSQL with Redis
+    events and locks, as deployed)."""
+    settings = settings_for(tmp_path, database_url, regression, executor="ray", **finetune)
     if database_url.startswith("postgresql"):
         redis_url = request.getfixturevalue("redis_url")
         _fresh_redis(redis_url)
         settings = settings.model_copy(update={"redis_url": redis_url})
     prepare_database(settings).dispose()
+    return settings
+
+
+# -- (b) a fine-tune job on Ray Train ------------------------------------------------------------------
+def test_a_job_runs_on_ray_train(
+    request: pytest.FixtureRequest, local_ray: Path, tmp_path: Path, database_url: str, tiny_spec, regression
+) -> None:
+    settings = _ray_job_settings(request, tmp_path, database_url, regression, cpus_per_worker=1.0)
     client, services = start(settings, HealthGPT(tiny_spec.model_copy(deep=True)))
     try:
         people = make_people(services)
@@ -224,6 +233,47 @@ def test_a_job_runs_on_ray_train(
         assert too_few["status"] == "failed" and "min_examples" in too_few["error"], too_few["error"]
         assert "Traceback" not in too_few["error"], too_few["error"]  # the worker's reason, not Ray's
         assert services.model.info().adapter_versions[PLUGIN] == job["champion_version"]
+    finally:
+        client.__exit__(None, None, None)
+        services.close()
+
+
+def test_a_job_without_room_in_the_cluster_fails_at_its_queue_deadline(
+    request: pytest.FixtureRequest, local_ray: Path, tmp_path: Path, database_url: str, tiny_spec, regression
+) -> None:
+    """A worker that asks for a GPU on a CPU-only cluster waits, queued, until finetune.queue_timeout_s,
+    then fails naming what it waited for; nothing of it stays waiting in the cluster."""
+    from ray.util import placement_group_table
+
+    settings = _ray_job_settings(
+        request, tmp_path, database_url, regression, use_gpu=True, queue_timeout_s=3.0
+    )
+    client, services = start(settings, HealthGPT(tiny_spec.model_copy(deep=True)))
+    try:
+        people = make_people(services)
+        started = time.monotonic()
+        job_id = client.post(
+            "/v1/admin/finetunes", json={"plugin": PLUGIN}, headers=auth(people.admin)
+        ).json()["id"]
+        time.sleep(1.0)
+        waiting = client.get(f"/v1/admin/finetunes/{job_id}", headers=auth(people.admin)).json()
+        assert waiting["status"] == "queued", waiting  # not running while it has no worker
+        services.finetunes.wait(job_id, 60)
+        job = client.get(f"/v1/admin/finetunes/{job_id}", headers=auth(people.admin)).json()
+        assert time.monotonic() - started >= 3.0
+        assert job["status"] == "failed" and job["candidate_version"] is None, job
+        assert "queue_timeout_s" in job["error"] and "1 CPU, 1 GPU each" in job["error"], job["error"]
+        assert "0 GPU free" in job["error"], job["error"]
+        kinds = [
+            e["kind"]
+            for e in client.get(f"/v1/admin/finetunes/{job_id}/events", headers=auth(people.admin)).json()
+        ]
+        assert kinds == ["queued", "failed"], kinds
+        pending = [g for g in placement_group_table().values() if g["state"] == "PENDING"]
+        assert pending == [], pending
+        # Nothing was registered: the champion serves on.
+        assert services.model.info().adapter_versions[PLUGIN] == job["champion_version"]
+        print(f"\nqueue deadline: {job['error']}")
     finally:
         client.__exit__(None, None, None)
         services.close()

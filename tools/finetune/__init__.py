@@ -3,7 +3,17 @@ the evaluation gate that decides whether a challenger adapter may replace the ch
 
 Imports models and memory, never agents or serving."""
 
-from tools.finetune.curated import register_curated, validate_curated
+from tools.finetune.curated import (
+    CuratedDataset,
+    DatasetExists,
+    UnknownDataset,
+    add_curated,
+    curated_rows,
+    find_curated,
+    list_curated,
+    register_curated,
+    validate_curated,
+)
 from tools.finetune.dataset import (
     DatasetError,
     DatasetRow,
@@ -19,7 +29,9 @@ from tools.finetune.gate import GateCheck, GateConfig, GateReport, run_gate
 from tools.finetune.vqa import RegressionSet, VqaItem, freeze_regression_set, load_regression_set
 
 __all__ = [
+    "CuratedDataset",
     "DatasetError",
+    "DatasetExists",
     "DatasetRow",
     "GateCheck",
     "GateConfig",
@@ -27,8 +39,13 @@ __all__ = [
     "Manifest",
     "RegressionSet",
     "Snapshot",
+    "UnknownDataset",
     "VqaItem",
+    "add_curated",
+    "curated_rows",
+    "find_curated",
     "freeze_regression_set",
+    "list_curated",
     "load_regression_set",
     "load_snapshot",
     "rating_desirable",

@@ -263,6 +263,37 @@ def load_snapshot(directory: Path, pixels: PixelStore | None) -> Snapshot:
     return snapshot
 
 
+def snapshot_rows(directory: Path, pixels: PixelStore | None) -> list[DatasetRow]:
+    """A verified snapshot's rows as they were written (both splits, with their groups and image keys),
+    to be written again into another snapshot (a job's: feedback plus registered datasets)."""
+    verify_snapshot(directory, pixels)
+    rows = []
+    for name in SPLIT_FILES.values():
+        for line in (directory / name).read_text().splitlines():
+            rows.append(_row_from_json(json.loads(line)))
+    return rows
+
+
+def _row_from_json(raw: dict[str, Any]) -> DatasetRow:
+    if "chosen" in raw:
+        kind, answer = "pair", raw["chosen"]
+    else:
+        kind, answer = ("kto" if "desirable" in raw else "sft"), raw["answer"]
+    return DatasetRow(
+        kind=kind,
+        question=raw["question"],
+        answer=answer,
+        group=raw["group"],
+        source=raw["source"],
+        rejected=raw.get("rejected"),
+        desirable=raw.get("desirable"),
+        image_key=raw.get("image_key"),
+        adapter_version=raw.get("adapter_version"),
+        feedback_id=raw.get("feedback_id"),
+        section=raw.get("section"),
+    )
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -185,24 +185,33 @@ def snapshot_from_records(
     since_version: str | None = None,
     since: datetime | None = None,
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    curated: Mapping[str, Sequence[DatasetRow]] | None = None,
+    feedback: bool = True,
 ) -> Manifest:
     """Feedback on ``plugin`` since a version (the champion) and/or a date, written as a dataset snapshot
-    in ``out_dir``. ``records`` must act for an admin (the listing is audited)."""
-    items = records.training_feedback(plugin, since_version=since_version, since=since)
+    in ``out_dir``, followed by the rows of the registered ``curated`` datasets (id -> rows); with
+    ``feedback=False`` the curated rows alone. ``records`` must act for an admin (the listing is
+    audited)."""
+    curated = dict(curated or {})
+    if not feedback and not curated:
+        raise ValueError("a dataset without feedback needs at least one curated dataset")
+    items = records.training_feedback(plugin, since_version=since_version, since=since) if feedback else []
     built = rows_from_feedback(items, pixels)
     selection = {
+        "feedback": len(items) if feedback else None,
         "since_version": since_version,
         "since": since.isoformat() if since else None,
-        "feedback": len(items),
         "first_feedback_id": items[0].feedback_id if items else None,
         "last_feedback_id": items[-1].feedback_id if items else None,
+        "curated": {dataset_id: len(rows) for dataset_id, rows in curated.items()},
     }
+    rows = built.rows + [row for dataset in curated.values() for row in dataset]
     return write_snapshot(
         out_dir,
-        built.rows,
+        rows,
         pixels=pixels,
         plugin=plugin,
-        source="feedback",
+        source="feedback" if feedback else "curated",
         selection=selection,
         heldout_fraction=heldout_fraction,
         skipped=dict(built.skipped),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +72,10 @@ def run_refresh(plan: RefreshPlan, report: Report, should_stop: Callable[[], boo
     """Train the challenger from the champion on the snapshot's train rows (stage 3 of ``plan.plugin``),
     save it in ``plan.adapter_dir``, and run the gate against the champion on the held-out rows.
 
-    Reports ``("progress", {...})`` after each optimizer step and ``("evaluating", {...})`` before the
-    gate; raises :class:`RefreshStopped` when ``should_stop`` says so, ``ValueError`` for a dataset it
-    cannot train on. Returns ``{"train": summary, "gate": GateReport as JSON, "adapter_dir": path}``
-    and writes the same to ``work_dir/outcome.json``."""
+    Reports ``("started", {...})`` first, ``("progress", {...})`` after each optimizer step and
+    ``("evaluating", {...})`` before the gate; raises :class:`RefreshStopped` when ``should_stop`` says
+    so, ``ValueError`` for a dataset it cannot train on. Returns ``{"train": summary, "gate": GateReport
+    as JSON, "adapter_dir": path}`` and writes the same to ``work_dir/outcome.json``."""
     import torch
 
     from memory.pixels import PixelStore
@@ -85,6 +87,8 @@ def run_refresh(plan: RefreshPlan, report: Report, should_stop: Callable[[], boo
     from tools.finetune.gate import GateConfig, run_gate
     from tools.finetune.vqa import load_regression_set
 
+    # First word back: the worker has its resources (a Ray job may have queued for them until now).
+    report("started", {"version": plan.version, "host": socket.gethostname(), "pid": os.getpid()})
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     pixels = PixelStore(Path(plan.pixel_dir)) if plan.pixel_dir else None
@@ -93,7 +97,8 @@ def run_refresh(plan: RefreshPlan, report: Report, should_stop: Callable[[], boo
     rows = [row for row in snapshot.train if row.kind in kinds]
     if len(rows) < plan.min_examples:
         raise ValueError(
-            f"{len(rows)} training rows for method {plan.method!r} in the feedback since the champion; "
+            f"{len(rows)} training rows for method {plan.method!r} in the job's dataset (feedback since the "
+            "champion and any curated datasets); "
             f"the job needs at least {plan.min_examples} (min_examples)"
         )
     base = ModelSpec.model_validate(plan.spec)

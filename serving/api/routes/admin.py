@@ -4,11 +4,17 @@ patient data. Every action is audited (memory.records)."""
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from memory.schema import AdapterVersion, FineTuneJob
 from serving.api.deps import Admin, RecordsSession, Services
@@ -16,6 +22,8 @@ from serving.api.schemas import (
     ERROR_RESPONSES,
     AdapterOut,
     AdaptersOut,
+    DatasetForm,
+    DatasetOut,
     FeedbackCount,
     FineTuneAccepted,
     FineTuneCreate,
@@ -88,10 +96,148 @@ def start_finetune(body: FineTuneCreate, principal: Admin, services: Services) -
     follow it at ``/v1/admin/finetunes/{id}`` and ``…/events``. One job per plugin at a time (409)."""
     from serving.finetune import JobRequest
 
-    request = JobRequest(body.plugin, body.method, body.since, body.min_examples, body.epochs)
+    request = JobRequest(
+        body.plugin,
+        body.method,
+        body.since,
+        body.min_examples,
+        body.epochs,
+        datasets=tuple(dict.fromkeys(body.datasets)),  # a dataset named twice is trained on once
+        feedback=body.feedback,
+    )
     service = _finetunes(services)
     job = _domain(lambda: service.submit(principal, request))
     return FineTuneAccepted.model_validate(job)
+
+
+# -- curated datasets --------------------------------------------------------------------------------
+MAX_DATASET_FILES = 64  # the JSONL and its pictures; larger sets: `healthagent adapters datasets add`
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+DATASET_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "plugin"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "plugin": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$", "maxLength": 100},
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_BODY)
+async def add_dataset(request: Request, principal: Admin, services: Services) -> DatasetOut:
+    """Register a curated dataset: ``file``, a JSONL of ``{"question", "answer", "image"?, "group"?}``
+    rows, with each picture a row names as an ``images`` part of that file name. Every bad row is
+    answered at once (422, each ``file:line``); the same rows registered twice are a 409. Start a job on
+    it with ``POST /v1/admin/finetunes {"datasets": [id]}``."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise Problem(415, "send multipart/form-data: 'file' (the JSONL), 'plugin', optional 'images'")
+    limit = services.settings.max_upload_bytes
+    form = await request.form(max_files=MAX_DATASET_FILES, max_fields=8)
+    try:
+        fields, upload = await _dataset_parts(form, limit)
+    finally:
+        await form.close()
+    try:
+        meta = DatasetForm.model_validate(fields)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise Problem(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from exc
+    if meta.plugin not in services.model.info().adapter_versions:
+        raise Problem(422, f"plugin: unknown plugin {meta.plugin!r}")
+    entry = await run_in_threadpool(_register_upload, services, principal, meta, upload)
+    return DatasetOut.model_validate(entry.model_dump())
+
+
+@dataclass
+class _DatasetUpload:
+    jsonl_name: str = ""
+    jsonl: bytes | None = None
+    images: dict[str, bytes] = field(default_factory=dict)
+
+
+async def _dataset_parts(form, limit: int) -> tuple[dict[str, str], _DatasetUpload]:
+    """The text fields, and the JSONL and pictures under their (checked) file names."""
+    fields: dict[str, str] = {}
+    upload = _DatasetUpload()
+    for key, value in form.multi_items():
+        if key not in ("file", "images"):
+            if isinstance(value, UploadFile):
+                raise Problem(422, f"{key}: must be a text field")
+            fields[key] = value
+            continue
+        if not isinstance(value, UploadFile):
+            raise Problem(422, f"{key}: must be a file part")
+        data = await value.read(limit + 1)
+        if len(data) > limit:
+            raise Problem(413, f"{key}: a file exceeds the limit of {limit} bytes")
+        name = value.filename or ""
+        if key == "file":
+            if upload.jsonl is not None:
+                raise Problem(422, "file: send exactly one JSONL file")
+            # The client's name, when plain, is the one the row problems quote ("rows.jsonl:3: …").
+            upload.jsonl_name, upload.jsonl = (name if _SAFE_NAME.match(name) else "dataset.jsonl"), data
+            continue
+        if not _SAFE_NAME.match(name):
+            raise Problem(422, f"images: {name[:200]!r} is not a plain file name (letters, digits, _ . -)")
+        if name in upload.images:
+            raise Problem(422, f"images: {name!r} was sent twice")
+        upload.images[name] = data
+    if upload.jsonl is None:
+        raise Problem(422, "file: the JSONL dataset is required")
+    if upload.jsonl_name in upload.images:
+        raise Problem(422, f"images: {upload.jsonl_name!r} is the JSONL file's name")
+    return fields, upload
+
+
+def _register_upload(services: GatewayServices, principal, meta: DatasetForm, upload: _DatasetUpload):
+    from serving.finetune import register_dataset
+    from tools.finetune.curated import DatasetExists
+    from tools.finetune.dataset import DatasetError
+
+    with tempfile.TemporaryDirectory(prefix="dataset-") as temporary:
+        # The rows name pictures relative to the JSONL: the pictures lie beside it, and nothing else does.
+        folder = Path(temporary)
+        for name, data in upload.images.items():
+            (folder / name).write_bytes(data)
+        jsonl = folder / upload.jsonl_name
+        jsonl.write_bytes(upload.jsonl or b"")
+        try:
+            with records_for(services, principal) as records:
+                return register_dataset(
+                    records,
+                    services.settings,
+                    services.pixels,
+                    jsonl,
+                    meta.plugin,
+                    name=meta.name,
+                    confined=True,
+                )
+        except DatasetExists as exc:
+            raise Problem(409, str(exc)) from exc
+        except DatasetError as exc:
+            errors = [{"field": "file", "message": problem} for problem in exc.problems]
+            raise Problem(422, "file: " + "; ".join(exc.problems), errors=errors) from exc
+
+
+@router.get("/datasets", response_model=list[DatasetOut])
+def datasets(principal: Admin, services: Services, plugin: PluginName | None = None) -> list[DatasetOut]:
+    """Registered curated datasets, oldest first."""
+    from serving.finetune import list_datasets
+
+    with records_for(services, principal) as records:
+        found = list_datasets(records, services.settings, plugin)
+    return [DatasetOut.model_validate(entry.model_dump()) for entry in found]
 
 
 def _domain(call):
