@@ -1,10 +1,12 @@
-"""H-LoRA layer cost at HealthGPT-M3 shapes: bare linear vs H-LoRA (one plugin) vs H-LoRA with a batch
-split across two plugins (our per-row routing), side by side in one run.
+"""H-LoRA layer cost at HealthGPT-M3 shapes and the released ranks (comprehension r=64, generation r=256,
+from models.random_weights.PRESETS): bare linear vs H-LoRA of each plugin vs a batch split across both
+plugins (our per-row routing), side by side in one run.
 
-    .venv/bin/python bench/hlora.py [--device cuda] [--dtype float16] [--out bench/results/hlora-cpu.json]
+    .venv/bin/python -m bench.hlora [--device cuda] [--dtype bfloat16] [--out bench/results/hlora-cpu.json]
 
-Decode = a batch of B single tokens (B = 1..32); prefill = one 600-token sequence. Times are medians
-of repeated runs; ratios are to the bare linear of the same shape and load.
+Decode = a batch of B single tokens (B = 1, 8, 32); prefill = one 600-token sequence. Each timing is the
+median of ``--repeats`` calls; the whole measurement is repeated ``--rounds`` times and each ratio is
+reported as its median with the min-max over rounds, so noise is not read as a result.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import torch
 from torch import nn
 
 from models.hlora import HLoRALinear
+from models.random_weights import PRESETS
 
-# (name, in, out) of the four adapted linears of one Phi-3-mini decoder layer; M3 comprehension r=64.
+# (name, in, out) of the four adapted linears of one Phi-3-mini decoder layer.
 M3_LINEARS = [
     ("qkv_proj", 3072, 9216),
     ("o_proj", 3072, 3072),
     ("gate_up_proj", 3072, 16384),
     ("down_proj", 8192, 3072),
 ]
-RANK, ALPHA, EXPERTS = 64, 128, 4
+PLUGINS = {name: (p.r, p.alpha, p.experts) for name, p in PRESETS["m3"].plugins.items()}
 
 
 def _median_seconds(fn, device: torch.device, repeats: int) -> float:
@@ -46,27 +49,26 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
 
 
 def run(device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
+    """One round: every linear, every load, every variant; times in ms and ratios to bare."""
     torch.manual_seed(0)
     rows = []
     loads = [("decode", b, 1) for b in (1, 8, 32)] + [("prefill", 1, 600)]
     for name, fan_in, fan_out in M3_LINEARS:
         layer = HLoRALinear(nn.Linear(fan_in, fan_out, bias=False)).to(device=device, dtype=dtype)
-        for plugin in ("comprehension", "generation"):
-            nn.init.normal_(layer.add_plugin(plugin, RANK, ALPHA, EXPERTS).lora_B.weight, std=0.01)
+        for plugin, (rank, alpha, experts) in PLUGINS.items():
+            nn.init.normal_(layer.add_plugin(plugin, rank, alpha, experts).lora_B.weight, std=0.01)
         for phase, batch, tokens in loads:
             x = torch.randn(batch, tokens, fan_in, device=device, dtype=dtype)
-            half = torch.arange(batch, device=device)
-            variants = {
+            rows_idx = torch.arange(batch, device=device)
+            variants: dict[str, object] = {
                 "bare": None,
-                "hlora": [("comprehension", None)],
-                "hlora_mixed": [("comprehension", half[::2]), ("generation", half[1::2])]
-                if batch > 1
-                else None,
+                "comprehension": [("comprehension", None)],
+                "generation": [("generation", None)],
             }
+            if batch > 1:
+                variants["mixed"] = [("comprehension", rows_idx[::2]), ("generation", rows_idx[1::2])]
             timings = {}
             for variant, routing in variants.items():
-                if variant == "hlora_mixed" and routing is None:
-                    continue
                 layer.routing = routing
                 with torch.no_grad():
                     timings[variant] = _median_seconds(lambda layer=layer, x=x: layer(x), device, repeats)
@@ -80,33 +82,47 @@ def run(device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
                 "tokens": tokens,
             }
             row.update({f"{k}_ms": round(v * 1e3, 4) for k, v in timings.items()})
-            row.update(
-                {f"{k}_over_bare": round(v / timings["bare"], 3) for k, v in timings.items() if k != "bare"}
-            )
             rows.append(row)
-            print(row)
     return rows
+
+
+def summarise(rounds: list[list[dict]]) -> dict:
+    """Per phase and batch: each variant's time over bare (all four linears summed), as the median and
+    min-max over rounds."""
+    summary: dict[str, dict] = {}
+    for phase, batch in sorted({(r["phase"], r["batch"]) for r in rounds[0]}):
+        ratios: dict[str, list[float]] = {}
+        for rows in rounds:
+            picked = [r for r in rows if r["phase"] == phase and r["batch"] == batch]
+            bare = sum(r["bare_ms"] for r in picked)
+            for variant in ("comprehension", "generation", "mixed"):
+                if all(f"{variant}_ms" in r for r in picked):
+                    ratios.setdefault(variant, []).append(sum(r[f"{variant}_ms"] for r in picked) / bare)
+        summary[f"{phase}_b{batch}"] = {
+            f"{variant}_over_bare": {
+                "median": round(statistics.median(values), 3),
+                "min": round(min(values), 3),
+                "max": round(max(values), 3),
+            }
+            for variant, values in ratios.items()
+        }
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="calls per timing (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="whole measurements (spread)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/hlora-cpu.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = run(device, getattr(torch, args.dtype), args.repeats)
-    totals = {}
-    for phase in ("decode", "prefill"):
-        picked = [r for r in rows if r["phase"] == phase]
-        bare = sum(r["bare_ms"] for r in picked)
-        totals[phase] = {"hlora_over_bare": round(sum(r["hlora_ms"] for r in picked) / bare, 3)}
-        mixed = [r for r in picked if "hlora_mixed_ms" in r]
-        if mixed:
-            totals[phase]["hlora_mixed_over_hlora"] = round(
-                sum(r["hlora_mixed_ms"] for r in mixed) / sum(r["hlora_ms"] for r in mixed), 3
-            )
+    rounds = []
+    for index in range(args.rounds):
+        rounds.append(run(device, getattr(torch, args.dtype), args.repeats))
+        print(f"round {index + 1}/{args.rounds}: {json.dumps(summarise(rounds[-1:]))}", flush=True)
+    totals = summarise(rounds)
     result = {
         "benchmark": "hlora-layer",
         "machine": {
@@ -117,11 +133,9 @@ def main() -> None:
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         },
         "dtype": args.dtype,
-        "rank": RANK,
-        "alpha": ALPHA,
-        "experts": EXPERTS,
+        "plugins": {name: {"r": r, "alpha": a, "experts": e} for name, (r, a, e) in PLUGINS.items()},
         "repeats": args.repeats,
-        "rows": rows,
+        "rounds": rounds,
         "summary": totals,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
