@@ -144,6 +144,11 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(before)
 
 
+def _randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator, std: float) -> torch.Tensor:
+    """N(0, std) on the CPU, drawn where the generator lives (a GPU draws billions of numbers in moments)."""
+    return (torch.randn(shape, generator=generator, device=generator.device) * std).cpu()
+
+
 @torch.no_grad()
 def _fill(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Weights ~ N(0, INIT_STD); biases 0; norm scales 1. Every parameter is written: under
@@ -156,7 +161,7 @@ def _fill(module: torch.nn.Module, generator: torch.Generator) -> None:
         else:
             # Drawn in float32 and cast: one generator stream whatever the dtype, and CPU normal_ has no
             # half-precision kernel everywhere.
-            param.copy_(torch.randn(param.shape, generator=generator) * INIT_STD)
+            param.copy_(_randn(param.shape, generator, INIT_STD))
 
 
 def _plugin_state(
@@ -170,7 +175,7 @@ def _plugin_state(
     B is non-zero (unlike a fresh LoRA), so the plugin costs what a trained one costs and changes outputs."""
 
     def normal(*shape: int, std: float) -> torch.Tensor:
-        return (torch.randn(shape, generator=generator) * std).to(dtype)
+        return _randn(shape, generator, std).to(dtype)
 
     state: dict[str, torch.Tensor] = {}
     targets = HLORA_TARGETS[backbone.config.model_type]
@@ -196,7 +201,7 @@ def _plugin_state(
 def _fusion_state(rows: int, hidden: int, generator: torch.Generator, dtype: torch.dtype) -> dict:
     """A fusion file: the plugin's own embedding and output-head tables over the grown vocabulary."""
     return {
-        OFFICIAL_PREFIX + key: (torch.randn(rows, hidden, generator=generator) * INIT_STD).to(dtype)
+        OFFICIAL_PREFIX + key: _randn((rows, hidden), generator, INIT_STD).to(dtype)
         for key in (EMBED_KEY, HEAD_KEY)
     }
 
@@ -210,11 +215,13 @@ def build_random(
     dtype: str = "float32",
     seed: int = 0,
     with_vqgan: bool = True,
+    draw_on: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a random model of ``preset``'s shapes under ``out_dir`` (atomically); its spec path.
 
-    ``layers``/``vision_layers`` cut depth (None: the released depth); widths never change."""
+    ``layers``/``vision_layers`` cut depth (None: the released depth); widths never change. ``draw_on``
+    ("cpu" or "cuda") is where the random numbers are drawn; a seed gives the same weights per device."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if dtype not in DTYPES:
@@ -231,7 +238,7 @@ def build_random(
         raise FileExistsError(f"{out_dir} exists; choose a new folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=draw_on).manual_seed(seed)
     try:
         say(f"tokenizer ({shape.tokenizer_size:,} tokens)")
         tokenizer = build_tokenizer(staging / "backbone", list(shape.specials), size=shape.tokenizer_size)

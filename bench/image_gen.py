@@ -1,0 +1,85 @@
+"""Image generation end to end: the VQ tokens of one picture (constrained greedy decode of the VQGAN's grid,
+1,024 tokens for the released 32 x 32 grid) and the VQGAN decode, timed apart, at batch 1.
+
+    .venv/bin/python -m bench.image_gen --spec SPEC.yaml [--device cuda] [--runs 3] [--out FILE.json]
+
+Run it on random weights at the released shapes (``healthagent model random --preset m3``): the picture
+is noise, the arithmetic is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from models.contract import GenerationRequest
+from models.healthgpt import HealthGPT
+from models.tiny import resolve_spec
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="tiny", help="'tiny' or a model spec YAML")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/image-gen-cpu.json"))
+    args = parser.parse_args()
+
+    spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
+    model = HealthGPT(spec, device=args.device)
+    cells = model.image_token_count("generation")
+    source = Image.new("RGB", (256, 256), (90, 120, 160))
+    request = GenerationRequest("Reconstruct the image.", source, "generation", cells + 2, constrain_vq=cells)
+    runs = []
+    for index in range(args.runs + 1):  # the first is a warm-up
+        _sync(args.device)
+        started = time.perf_counter()
+        (answer,) = model.generate([request])
+        _sync(args.device)
+        tokens_s = time.perf_counter() - started
+        picture, indices = model.image_from_tokens(answer.token_ids)
+        _sync(args.device)
+        total_s = time.perf_counter() - started
+        if index:
+            runs.append({"tokens_s": tokens_s, "decode_s": total_s - tokens_s, "total_s": total_s})
+        print(
+            f"run {index}: {len(indices)} VQ tokens in {tokens_s:.2f} s, "
+            f"picture {picture.size} in {total_s:.2f} s"
+        )
+    report = {
+        "benchmark": "image generation: VQ tokens (constrained greedy, batch 1) + VQGAN decode",
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        },
+        "model": {
+            "spec": spec.name,
+            "dtype": spec.dtype,
+            "hidden": model.llm.config.hidden_size,
+            "layers": model.llm.config.num_hidden_layers,
+            "vq_tokens": cells,
+        },
+        "median": {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]},
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["median"]))
+
+
+if __name__ == "__main__":
+    main()
