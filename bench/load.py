@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ MESSAGES = [
 ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -72,24 +73,39 @@ def _postgres_schema(base: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def production_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The production profile on these stores (migrated by ``Service`` before it starts)."""
+    return {
+        "HEALTHAGENT_PROFILE": "production",
+        "HEALTHAGENT_DATABASE_URL": database_url,
+        "HEALTHAGENT_REDIS_URL": redis_url,
+    }
+
+
+def profile_env(profile: str) -> dict[str, str]:
+    if profile != "postgres":
+        return {}
+    database, redis = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    if not database or not redis:
+        raise SystemExit("profile postgres needs TEST_DATABASE_URL and TEST_REDIS_URL")
+    return production_env(_postgres_schema(database), redis)
+
+
 class Service:
-    def __init__(self, profile: str, workdir: Path) -> None:
-        self.port = _free_port()
+    """``healthagent serve`` as a subprocess on a free port, ready when constructed; ``env`` adds to (or
+    overrides) its environment."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
         self.env = {**os.environ, "HEALTHAGENT_DATA_DIR": str(workdir), "RAY_USAGE_STATS_ENABLED": "0"}
         self.env["HEALTHAGENT_RATE_LIMIT__BURST"] = "100000"
         self.env["HEALTHAGENT_RATE_LIMIT__PER_MINUTE"] = "6000000"
         self.env["HEALTHAGENT_MAX_NEW_TOKENS"] = "16"
-        if profile == "postgres":
-            database, redis = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
-            if not database or not redis:
-                raise SystemExit("profile postgres needs TEST_DATABASE_URL and TEST_REDIS_URL")
-            self.env.update(
-                HEALTHAGENT_PROFILE="production",
-                HEALTHAGENT_DATABASE_URL=_postgres_schema(database),
-                HEALTHAGENT_REDIS_URL=redis,
-            )
+        self.env.update(env or {})
+        if self.env.get("HEALTHAGENT_PROFILE") == "production":
             self.cli("db", "upgrade")
-        self.log = (workdir / "serve.log").open("w")
+        self.log_path = workdir / "serve.log"
+        self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
             [HEALTHAGENT, "serve", "--port", str(self.port)],
             env=self.env,
@@ -100,14 +116,17 @@ class Service:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"serve exited {self.process.returncode}: see {workdir / 'serve.log'}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+                raise SystemExit(f"serve exited {self.process.returncode}: see {self.log_path}")
+            if self.ready():
+                return
             time.sleep(1)
         raise SystemExit("the service was not ready in 300 s")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([HEALTHAGENT, *args], env=self.env, capture_output=True, text=True, timeout=120)
@@ -120,6 +139,17 @@ class Service:
         patient = re.search(r"patient_id (\d+)", out)
         return re.search(r"token: (ha_\S+)", out).group(1), int(patient.group(1)) if patient else None
 
+    def enrol(self, patients: int) -> dict[str, Any]:
+        """Patients ``patient0``… in the care of ``dr_load``, and an admin: their tokens (and patient ids)."""
+        people = {
+            "patients": [self.user(f"patient{i}", "patient") for i in range(patients)],
+            "physician": self.user("dr_load", "physician")[0],
+            "admin": self.user("admin_load", "admin")[0],
+        }
+        for i in range(patients):
+            self.cli("users", "care-team", "add", "dr_load", f"patient{i}")
+        return people
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -129,14 +159,33 @@ class Service:
         self.log.close()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One request: when it started and ended (time.monotonic), its status (or the transport error's
+    name) and whether a 429/503 said when to retry."""
+
+    op: str
+    started: float
+    ended: float
+    status: str
+    retry_after: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status.isdigit() and 200 <= int(self.status) < 300
+
+
 class Recorder:
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.statuses: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.outcomes: list[Outcome] = []
 
-    def add(self, op: str, seconds: float, status: int | str) -> None:
-        self.latency[op].append(seconds * 1000)
+    def add(self, op: str, started: float, status: int | str, *, retry_after: bool = False) -> None:
+        ended = time.monotonic()
+        self.latency[op].append((ended - started) * 1000)
         self.statuses[op][str(status)] += 1
+        self.outcomes.append(Outcome(op, started, ended, str(status), retry_after))
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         ops = {}
@@ -162,14 +211,14 @@ class Recorder:
         }
 
 
-async def _timed(recorder: Recorder, op: str, call) -> httpx.Response | None:
-    started = time.perf_counter()
+async def timed(recorder: Recorder, op: str, call) -> httpx.Response | None:
+    started = time.monotonic()
     try:
         response = await call
     except httpx.HTTPError as exc:
-        recorder.add(op, time.perf_counter() - started, type(exc).__name__)
+        recorder.add(op, started, type(exc).__name__)
         return None
-    recorder.add(op, time.perf_counter() - started, response.status_code)
+    recorder.add(op, started, response.status_code, retry_after="retry-after" in response.headers)
     return response
 
 
@@ -178,18 +227,18 @@ async def _worker(index: int, url: str, people: dict, recorder: Recorder, stop_a
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         patient_token, patient_id = people["patients"][index % len(people["patients"])]
         headers = {"Authorization": f"Bearer {patient_token}"}
-        created = await _timed(
+        created = await timed(
             recorder, "open consultation", client.post("/v1/consultations", json={}, headers=headers)
         )
         consultation = created.json()["id"] if created is not None and created.status_code == 201 else None
         while time.monotonic() < stop_at:
             roll = rng.random()
             if roll < 0.6 and consultation:  # patients: a message (the model answers)
-                await _timed(recorder, "patient message", client.post(
+                await timed(recorder, "patient message", client.post(
                     f"/v1/consultations/{consultation}/messages",
                     json={"message": rng.choice(MESSAGES)}, headers=headers))  # fmt: skip
             elif roll < 0.7 and consultation:  # patients: read the thread back
-                await _timed(
+                await timed(
                     recorder,
                     "read consultation",
                     client.get(f"/v1/consultations/{consultation}", headers=headers),
@@ -197,12 +246,12 @@ async def _worker(index: int, url: str, people: dict, recorder: Recorder, stop_a
             elif roll < 0.85:  # physicians: notifications and a picture upload to a patient's consultation
                 doctor = {"Authorization": f"Bearer {people['physician']}"}
                 if rng.random() < 0.5:
-                    await _timed(recorder, "notifications", client.get("/v1/notifications", headers=doctor))
+                    await timed(recorder, "notifications", client.get("/v1/notifications", headers=doctor))
                 else:
-                    opened = await _timed(recorder, "physician consultation", client.post(
+                    opened = await timed(recorder, "physician consultation", client.post(
                         "/v1/consultations", json={"patient_id": patient_id}, headers=doctor))  # fmt: skip
                     if opened is not None and opened.status_code == 201:
-                        await _timed(recorder, "physician picture message", client.post(
+                        await timed(recorder, "physician picture message", client.post(
                             f"/v1/consultations/{opened.json()['id']}/messages",
                             data={"message": "what does this show?"},
                             files={"files": ("p.png", png, "image/png")},
@@ -210,22 +259,16 @@ async def _worker(index: int, url: str, people: dict, recorder: Recorder, stop_a
             else:  # admins
                 admin = {"Authorization": f"Bearer {people['admin']}"}
                 path = "/v1/admin/feedback/summary" if rng.random() < 0.5 else "/v1/admin/adapters"
-                await _timed(recorder, "admin summary", client.get(path, headers=admin))
+                await timed(recorder, "admin summary", client.get(path, headers=admin))
 
 
 def run(profile: str, seconds: float, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="healthagent-load-") as tmp:
         started = time.perf_counter()
-        service = Service(profile, Path(tmp))
+        service = Service(Path(tmp), profile_env(profile))
         startup_s = time.perf_counter() - started
         try:
-            people = {
-                "patients": [service.user(f"patient{i}", "patient") for i in range(concurrency)],
-                "physician": service.user("dr_load", "physician")[0],
-                "admin": service.user("admin_load", "admin")[0],
-            }
-            for i in range(concurrency):
-                service.cli("users", "care-team", "add", "dr_load", f"patient{i}")
+            people = service.enrol(concurrency)
             recorder = Recorder()
             png = _png()
             stop_at = time.monotonic() + seconds

@@ -11,6 +11,8 @@ from pathlib import Path
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from sqlalchemy.engine import make_url
 
+from memory.db import CONNECT_TIMEOUT_S
+
 
 @dataclass
 class Checkpointer:
@@ -39,7 +41,15 @@ def open_checkpointer(url: str) -> Checkpointer:
             max_idle=300,
             max_lifetime=1800,
             check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            # While PostgreSQL is down a turn is refused (503) after this long, not held for the
+            # pool's default 30 s; connections broken by a restart are replaced on checkout (check).
+            timeout=CONNECT_TIMEOUT_S,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "row_factory": dict_row,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+            },
             open=True,
         )
         saver = PostgresSaver(pool)

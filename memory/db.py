@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+import psycopg
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+# Seconds to wait for PostgreSQL to accept a connection: a server that is down or restarting answers a
+# request with 503 in about this long at the most, instead of holding it.
+CONNECT_TIMEOUT_S = 5
 
 
 def normalise_url(url: str) -> str:
@@ -31,8 +37,15 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use PostgreSQL or SQLite")
-    # pre_ping: a connection dropped by the server while idle is replaced instead of failing a request.
-    return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
+    # pre_ping: a connection dropped by the server (idle timeout, restart) is replaced instead of failing
+    # the next request. pool_timeout: a request waits this long for a pooled connection, then is refused.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_timeout=CONNECT_TIMEOUT_S,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -58,3 +71,19 @@ def ping(engine: Engine) -> None:
     """Raise if the database cannot answer a trivial query."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached or went away (down, restarting, a cut
+    connection, no pooled connection in time), not that the request was wrong: a retry later succeeds."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.TimeoutError):  # no pooled connection in time
+        return True
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    # psycopg's OperationalError covers refused and cut connections, "shutting down", "starting up" and
+    # the connection pools' timeouts; InterfaceError a connection already closed under us.
+    if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    # SQLite's only transient failure: another writer held the file past busy_timeout.
+    return isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 TERMINAL = frozenset({"succeeded", "rejected", "failed", "cancelled"})
 RETENTION_S = 7 * 24 * 3600
 MAX_EVENTS_PER_JOB = 10_000
+BLOCK_SLICE_S = 1.0
 
 
 class JobEvent(BaseModel):
@@ -73,10 +74,18 @@ class RedisJobEvents:
         """Events after ``after`` (None = from the start), live, until a terminal event or a quiet
         ``timeout_s``."""
         last = after or "0-0"
+        quiet_until = time.monotonic() + timeout_s
         while True:
-            answer = self._client.xread({self._key(job_id): last}, block=max(1, int(timeout_s * 1000)))
+            # Block in slices shorter than the client's socket timeout (memory.cache), which would
+            # otherwise cut a long quiet wait as if Redis had stopped answering.
+            left = quiet_until - time.monotonic()
+            block_ms = max(1, int(min(left, BLOCK_SLICE_S) * 1000))
+            answer = self._client.xread({self._key(job_id): last}, block=block_ms)
             if not answer:
-                return
+                if time.monotonic() >= quiet_until:
+                    return
+                continue
+            quiet_until = time.monotonic() + timeout_s
             for entry_id, fields in answer[0][1]:
                 event = self._decode(entry_id, fields)
                 last = event.id

@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
+from sqlalchemy import exc as sql_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory.audit import REQUEST_ID
+from memory.cache import redis_unavailable
+from memory.db import database_unavailable
 from memory.records import AccessDenied, NotFound
 from models.engine import EngineClosed, EngineError, InvalidRequest, QueueFull, RequestTimedOut
 
 PROBLEM_JSON = "application/problem+json"
 MAX_DETAIL_CHARS = 500
+# Seconds a client should wait after a 503 for a store that is down: a restart takes a few seconds.
+STORE_RETRY_AFTER_S = 2
 log = logging.getLogger(__name__)
 
 
@@ -137,6 +145,21 @@ def _engine_problem(exc: EngineError) -> JSONResponse:
     return problem_response(502, "the model failed to answer; the incident was logged")
 
 
+def _store_unavailable(exc: BaseException) -> str | None:
+    """ "database" or "session store" when ``exc``, or what it was raised from, says that store is down or
+    restarting (nothing about the request was wrong); None otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain: an error re-raised from the store's
+        if seen is None:
+            return None
+        if database_unavailable(seen):
+            return "database"
+        if redis_unavailable(seen):
+            return "session store"
+        seen = seen.__cause__
+    return None
+
+
 def problem_for(exc: BaseException) -> JSONResponse:
     """The one answer for an exception raised while serving a request — by the API's handlers and by a
     streamed turn's final ``error`` event alike."""
@@ -166,6 +189,14 @@ def problem_for(exc: BaseException) -> JSONResponse:
         return problem_response(
             503, "the model service is at capacity; retry shortly", headers={"Retry-After": "5"}
         )
+    unavailable = _store_unavailable(exc)
+    if unavailable is not None:
+        log.warning("%s unavailable during a request: %s", unavailable, str(exc).splitlines()[0][:300])
+        return problem_response(
+            503,
+            f"the {unavailable} is unavailable; retry shortly",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
     log.error("unhandled error", exc_info=exc)  # internals stay in the log
     return problem_response(500, "internal error; the incident was logged")
 
@@ -182,6 +213,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         EngineError,
         RayActorError,
         BackPressureError,
+        # The stores' errors: a store that is down or restarting answers 503 (problem_for tells).
+        sql_errors.DBAPIError,
+        sql_errors.TimeoutError,
+        psycopg.Error,
+        sqlite3.Error,
+        redis.RedisError,
         Exception,  # reached only without the observability middleware (it answers these itself)
     ):
         app.add_exception_handler(kind, _handle)
