@@ -1,4 +1,8 @@
-"""Bearer-token authentication: every route but health, metrics and the API docs needs a valid token.
+"""Token authentication: every route but health, metrics and the API docs needs a valid token.
+
+The JSON API takes it as a bearer token. The web pages (serving/web) take it from the session cookie
+that signing in sets; both go through :func:`authenticate_token`, so the same throttle, revocation,
+expiry and disabled-user checks apply whichever way the token came.
 
 Invalid tokens are throttled per client address: each one costs a token from that address's bucket, and
 an address whose bucket is empty is answered 429 before its token is even looked up, so a flood of
@@ -18,6 +22,8 @@ from serving.problems import Problem
 
 bearer_scheme = HTTPBearer(auto_error=False, description="An API token (`ha_…`).")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# The browser session's cookie: a session token (memory.users, TokenKind.session) set at sign-in.
+SESSION_COOKIE = "ha_session"
 
 
 def client_address(request: Request) -> str:
@@ -28,6 +34,25 @@ def client_address(request: Request) -> str:
 def principal_from_request(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Problem(401, "missing bearer token (Authorization: Bearer <token>)", headers=_CHALLENGE)
+    return authenticate_token(request, credentials.credentials, challenge=_CHALLENGE)
+
+
+def session_token(request: Request) -> str | None:
+    """The browser session's token from its cookie, if any."""
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def principal_from_session(request: Request) -> Principal:
+    """The signed-in browser user. Only the pages call this: the JSON API never reads the cookie, so a
+    cross-site request cannot borrow a browser's session to call it."""
+    token = session_token(request)
+    if token is None:
+        raise Problem(401, "not signed in")
+    return authenticate_token(request, token)
+
+
+def authenticate_token(request: Request, token: str, *, challenge: dict[str, str] | None = None) -> Principal:
+    """The principal owning ``token``; 429 while this address is throttled, 401 for a bad token."""
     services = request.app.state.services
     failures = services.auth_failures
     key = f"authfail:{client_address(request)}"
@@ -42,10 +67,10 @@ def principal_from_request(request: Request, credentials: HTTPAuthorizationCrede
                 headers={"Retry-After": str(retry_after)},
             )
     with services.sessions() as session:
-        principal = authenticate(session, credentials.credentials)
+        principal = authenticate(session, token)
     if principal is None:
         AUTH_FAILURES.inc()
         if failures is not None:
             failures.acquire(key)
-        raise Problem(401, "invalid, expired, revoked or disabled token", headers=_CHALLENGE)
+        raise Problem(401, "invalid, expired, revoked or disabled token", headers=challenge)
     return principal

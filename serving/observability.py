@@ -277,6 +277,12 @@ def metrics_text(app_registry: CollectorRegistry) -> bytes:
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 # The docs pages run Swagger UI / ReDoc from this server: no further limits than not being framed.
 _DOCS_CSP = b"frame-ancestors 'none'"
+# The web pages (serving/web): their own scripts, styles and pictures only, nothing inline, no framing;
+# blob: lets a chosen picture be previewed before it is sent (it never leaves the browser until then).
+_WEB_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
 _HSTS = b"max-age=31536000; includeSubDomains"
 
 
@@ -284,9 +290,12 @@ class RequestObservability:
     """Outermost middleware: request id, security headers, latency and in-flight metrics, the access
     log line, and a problem answer (never a trace) for any error nothing else handled."""
 
-    def __init__(self, app: ASGIApp, docs_paths: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, docs_paths: tuple[str, ...] = (), web_paths: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.docs_paths = docs_paths
+        self.web_paths = web_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -302,6 +311,7 @@ class RequestObservability:
         response_started = False
         path = scope.get("path", "")
         docs = any(path == p or path.startswith(p + "/") for p in self.docs_paths)
+        web = any(path == p or path.startswith(p + "/") for p in self.web_paths)
         tls = scope.get("scheme") == "https" or (
             MutableHeaders(scope=scope).get("x-forwarded-proto", "").lower() == "https"
         )
@@ -314,7 +324,7 @@ class RequestObservability:
                 headers = MutableHeaders(scope=message)
                 if request_id != serve_id:  # behind Serve, its proxy sends its id back itself
                     headers["X-Request-ID"] = request_id
-                _secure(headers, docs=docs, tls=tls)
+                _secure(headers, docs=docs, tls=tls, web=web)
             await send(message)
 
         IN_FLIGHT.inc()
@@ -351,7 +361,7 @@ def _route_template(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-def _secure(headers: MutableHeaders, *, docs: bool, tls: bool) -> None:
+def _secure(headers: MutableHeaders, *, docs: bool, tls: bool, web: bool = False) -> None:
     def default(name: str, value: bytes) -> None:
         if name not in headers:
             headers.append(name, value.decode())
@@ -359,7 +369,7 @@ def _secure(headers: MutableHeaders, *, docs: bool, tls: bool) -> None:
     default("x-content-type-options", b"nosniff")
     default("x-frame-options", b"DENY")
     default("referrer-policy", b"no-referrer")
-    default("content-security-policy", _DOCS_CSP if docs else _API_CSP)
+    default("content-security-policy", _DOCS_CSP if docs else _WEB_CSP if web else _API_CSP)
     if not docs:
         # API answers carry patient data: no browser or proxy may keep a copy.
         default("cache-control", b"no-store")

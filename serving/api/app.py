@@ -25,6 +25,7 @@ from serving.observability import (
 )
 from serving.problems import install_problem_handlers
 from serving.services import GatewayServices
+from serving.web import WEB_PATHS, mount_web
 
 DESCRIPTION = (
     "Consultations, second reads and image tasks around HealthGPT. Every model output carries "
@@ -45,9 +46,10 @@ def create_app(services: GatewayServices) -> FastAPI:
     install_problem_handlers(app)
     # Added last = outermost: the request id and headers cover every answer, the 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(services.settings))
-    app.add_middleware(RequestObservability, docs_paths=DOCS_PATHS)
+    app.add_middleware(RequestObservability, docs_paths=DOCS_PATHS, web_paths=WEB_PATHS)
     for router in ROUTERS:
         app.include_router(router)
+    mount_web(app)  # the pages for patients, physicians and admins (serving/web), outside the schema
     _add_metrics(app, services)
     document_bodies(app)
     return app

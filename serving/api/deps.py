@@ -35,7 +35,11 @@ def current_principal(
 
     FastAPI caches a dependency per request, so a route that needs the caller several times (directly,
     through a role requirement, through a records session) is still charged once."""
-    principal = principal_from_request(request, credentials)
+    return charge_request(services, principal_from_request(request, credentials))
+
+
+def charge_request(services: GatewayServices, principal: Principal) -> Principal:
+    """One request against the caller's rate limit (the API's and the web pages' alike); 429 past it."""
     decision = services.backends.rate_limiter.acquire(f"user:{principal.user_id}")
     if not decision.allowed:
         retry_after = max(1, math.ceil(decision.retry_after_s))
