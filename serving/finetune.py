@@ -153,14 +153,18 @@ class FineTuneService:
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Adopt orphaned jobs, bring the replicas to the registered champions, watch for more orphans."""
+        """Bring the replicas to the registered champions, adopt orphaned jobs, then watch for more
+        orphans — all from a thread of its own: inside a Serve replica the constructor runs in an event
+        loop, where blocking calls to the model deployment's handle are refused."""
+        self._watcher = threading.Thread(target=self._watch, name="finetune-watch", daemon=True)
+        self._watcher.start()
+
+    def _first_round(self) -> None:
         try:
             self.sync_champions()
         except Exception:
             log.exception("could not bring the replicas to the registered champions")
         self.adopt_orphans()
-        self._watcher = threading.Thread(target=self._watch, name="finetune-watch", daemon=True)
-        self._watcher.start()
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed.set()
@@ -170,6 +174,10 @@ class FineTuneService:
             thread.join(timeout_s)
 
     def _watch(self) -> None:
+        try:
+            self._first_round()
+        except Exception:
+            log.exception("adopting orphaned fine-tune jobs failed")
         while not self._closed.wait(max(self.config.stale_after_s / 2, 1.0)):
             try:
                 self.adopt_orphans()
