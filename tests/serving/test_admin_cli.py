@@ -123,6 +123,7 @@ def test_tokens_with_a_lifetime_from_the_shell(config: Path, database_url: str) 
         ).all()
         assert authenticate(session, first).name == authenticate(session, second).name == "locum"
     engine.dispose()
+
     def when(value) -> datetime:  # SQLite hands text back from a raw query
         return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
