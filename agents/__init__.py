@@ -7,9 +7,11 @@ from agents.graph import build_graph
 from agents.intake import (
     Intake,
     StoredStudy,
+    StudyLink,
     TurnUploads,
     Upload,
     UploadRejected,
+    take_series,
     take_study,
     take_uploads,
 )
@@ -21,12 +23,14 @@ __all__ = [
     "Intake",
     "MessageTooLong",
     "StoredStudy",
+    "StudyLink",
     "TurnContext",
     "TurnUploads",
     "Upload",
     "UploadRejected",
     "build_graph",
     "check_message",
+    "take_series",
     "take_study",
     "take_uploads",
 ]

@@ -27,6 +27,7 @@ from tools.healthgpt import AskRequest, ImageRequest, ImageTask, Provenance
 from tools.qc import check_image
 from tools.reads import READ_QUESTIONS
 from tools.retrieval import build_index
+from tools.series import SliceFinding, merged_findings, series_draft
 from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
 from tools.triage.text import language_of
 
@@ -100,6 +101,10 @@ def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     with context.open_records() as records:
         study = records.get_study(state["study_id"])
         modality, pixel_key = study.modality or "medical", study.pixel_key
+        slices = list((study.deidentified_metadata or {}).get("read_slices") or [])
+        total = int((study.deidentified_metadata or {}).get("slice_count") or 1)
+    if len(slices) > 1 and context.pixels is not None:
+        return _series_read(state, context, modality, slices, total)
     image = context.pixels.get(pixel_key) if (context.pixels and pixel_key) else None
     # The dataset builder reads the same table back to pair corrections with their questions.
     questions = [READ_QUESTIONS[section].format(modality=modality) for section in ("findings", "impression")]
@@ -117,20 +122,53 @@ def second_read(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     if qc:
         draft += "\nImage quality: " + "; ".join(qc)
     provenance = {**findings.provenance.model_dump(), "consultation_id": state["consultation_id"]}
+    results = {"findings": findings.text, "impression": impression.text, "confidence": confidence, "qc": qc}
+    return _drafted(state, context, draft, provenance, results)
+
+
+def _drafted(
+    state: ChatState, context: TurnContext, draft: str, provenance: dict[str, Any], results: dict[str, Any]
+) -> ChatState:
     # Written before the review interrupt, in its own node, so resuming the thread does not write it again.
     with context.open_records() as records:
         read_id = records.add_read(state["study_id"], draft, provenance).id
-    return {
-        "draft": draft,
-        "read_id": read_id,
-        "provenance": provenance,
-        "tool_results": {
-            "findings": findings.text,
-            "impression": impression.text,
-            "confidence": confidence,
-            "qc": qc,
-        },
+    return {"draft": draft, "read_id": read_id, "provenance": provenance, "tool_results": results}
+
+
+def _series_read(
+    state: ChatState, context: TurnContext, modality: str, slices: list[dict[str, Any]], total: int
+) -> ChatState:
+    """A read over several slices: the findings question on each, the impression on the middle one, all
+    sent at once so the engine decodes them in one batch; one draft citing the slices by number."""
+    assert context.pixels is not None
+    pictures = [(int(item["slice"]), context.pixels.get(item["key"])) for item in slices]
+    middle_number, middle = pictures[len(pictures) // 2]
+    question, tokens = READ_QUESTIONS["findings"].format(modality=modality), context.max_new_tokens
+    asks = [AskRequest(question=question, image=png, max_new_tokens=tokens) for _, png in pictures]
+    asks.append(AskRequest(question=READ_QUESTIONS["impression"], image=middle, max_new_tokens=tokens))
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        *per_slice, impression = pool.map(context.model().ask, asks)
+    confidence = round(float(min(r.mean_logprob for r in [*per_slice, impression])), 4)
+    findings = [SliceFinding(number, r.text) for (number, _), r in zip(pictures, per_slice, strict=True)]
+    draft = series_draft(findings, impression.text, middle_number, total, confidence)
+    qc = _qc(middle)
+    if qc:
+        draft += "\nImage quality: " + "; ".join(qc)
+    numbers = [number for number, _ in pictures]
+    provenance = {
+        **impression.provenance.model_dump(),
+        "consultation_id": state["consultation_id"],
+        "slices_read": numbers,
+        "slice_count": total,
     }
+    results = {
+        "findings": merged_findings(findings, total),
+        "impression": impression.text,
+        "confidence": confidence,
+        "qc": qc,
+        "slices_read": numbers,
+    }
+    return _drafted(state, context, draft, provenance, results)
 
 
 def review(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:

@@ -30,6 +30,7 @@ from memory.schema import (
     JobStatus,
     Message,
     Notification,
+    PacsImport,
     Patient,
     Read,
     ReadStatus,
@@ -893,6 +894,33 @@ class Records:
             return self.advance_job(job_id, JobStatus.cancelled, "cancelled before it started")
         self.session.flush()
         return job
+
+    # -- the PACS: where imported studies came from, searches (issue 17) ------------------------------
+    def add_pacs_import(
+        self, study_id: int, *, study_uid: str, series_uid: str, instances: list[list[str]]
+    ) -> PacsImport:
+        """Remember the ORIGINAL UIDs of an imported study (kept out of its metadata, which the model
+        sees): a signed report goes back to that study. ``instances``: [SOP class, SOP instance] in the
+        study's slice order."""
+        study = self._get(Study, study_id, "study")
+        self._authorize(Resource.study, Action.write, study_id, study.patient_id)
+        row = PacsImport(study_id=study_id, study_uid=_text(study_uid, 64, "study_uid"),
+                         series_uid=_text(series_uid, 64, "series_uid"), instances=instances,
+                         imported_by=self.actor.user_id)  # fmt: skip
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def pacs_import_of(self, study_id: int) -> PacsImport | None:
+        """Where a study the caller may read came from in the PACS; None for an uploaded study."""
+        self.get_study(study_id)
+        return self.session.scalar(select(PacsImport).where(PacsImport.study_id == study_id))
+
+    def audit_pacs_search(self, filters: dict[str, str], found: int) -> None:
+        """A physician's search of the PACS (its answers are PHI of patients who may not be ours)."""
+        if self.actor.role is not Role.physician:
+            self._deny(Resource.study, Action.read, "pacs", None, "only physicians search the PACS")
+        self._audit("pacs", Action.read, "search", detail={"filters": filters, "found": found})
 
 
 class Conflict(InvalidInput):

@@ -338,3 +338,51 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class PacsImport(Base):
+    """Where an imported study came from: the ORIGINAL PACS UIDs of a de-identified study. Kept apart from
+    the study's metadata because that metadata reaches the model and these UIDs must not; they are what a
+    signed report needs to land back in the original study."""
+
+    __tablename__ = "pacs_imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    # [[SOP Class UID, SOP Instance UID], …] in the study's slice order (as the intake sorted them).
+    instances: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    imported_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PushStatus(enum.StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+
+
+class ReportPush(Base):
+    """The outbox: one signed version of a read, to be stored in the PACS as a DICOM SR. Written in the
+    sign-off's wake and retried until the PACS has it, so a signed report is never lost to an outage."""
+
+    __tablename__ = "report_pushes"
+    __table_args__ = (UniqueConstraint("read_id", "signature", name="report_push_once_per_signature"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    read_id: Mapped[int] = mapped_column(ForeignKey("reads.id", ondelete="CASCADE"), index=True)
+    signature: Mapped[str] = mapped_column(String(40))  # the signed_at it snapshots (ISO, UTC)
+    report_status: Mapped[str] = mapped_column(String(16))  # final | amended
+    sr_uid: Mapped[str] = mapped_column(String(64))  # fixed at enqueue: a retried push is idempotent
+    sr_series_uid: Mapped[str] = mapped_column(String(64))
+    replaces_uid: Mapped[str | None] = mapped_column(String(64), default=None)  # the SR it amends
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[PushStatus] = mapped_column(
+        _enum(PushStatus, "push_status"), default=PushStatus.pending, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

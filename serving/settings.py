@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -20,6 +20,9 @@ from pydantic_settings import (
 
 from models.limits import EngineLimits
 from tools.healthgpt import CascadeSettings
+
+if TYPE_CHECKING:
+    from tools.pacs import PacsConfig
 
 CONFIG_ENV = "HEALTHAGENT_CONFIG"
 
@@ -104,6 +107,59 @@ class FineTuneSettings(BaseModel):
     heartbeat_s: float = Field(default=2.0, gt=0)
 
 
+class PacsSettings(BaseModel):
+    """The PACS the physicians work in, over DICOMweb: studies are imported from it and signed reports go
+    back to it (``pacs.url`` empty: no PACS, and the import and search routes answer 404)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        default="",
+        description="DICOMweb root, e.g. http://orthanc:8042/dicom-web (env HEALTHAGENT_PACS__URL).",
+    )
+    username: str | None = Field(default=None, description="HTTP basic auth user; set with password.")
+    password: SecretStr | None = None
+    timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Per connect and per wait for data, not a whole transfer."
+    )
+    retries: int = Field(default=1, ge=0, le=5, description="Extra attempts on a connection error/5xx.")
+    max_instances: int = Field(
+        default=2000, ge=1, description="A series with more instances than this is refused at import."
+    )
+    read_slices: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Slices of a series (or frames of a multi-frame object) the AI reads, evenly spaced.",
+    )
+    organization: str = Field(default="Health Agent", description="Verifying organization in the SR.")
+    outbox_poll_s: float = Field(default=5.0, gt=0, description="How often the outbox worker looks.")
+    retry_initial_s: float = Field(default=5.0, gt=0, description="First back-off of a failed push.")
+    retry_max_s: float = Field(default=600.0, gt=0, description="Longest back-off between two attempts.")
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> PacsSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("pacs: set both username and password, or neither")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url.strip())
+
+    def client_config(self) -> PacsConfig:
+        """What the DICOMweb client takes (tools.pacs is imported here, on first use, not at start)."""
+        from tools.pacs import PacsConfig
+
+        return PacsConfig(
+            url=self.url,
+            timeout_s=self.timeout_s,
+            username=self.username,
+            password=self.password,
+            retries=self.retries,
+        )
+
+
 class Settings(BaseSettings):
     """Everything the service needs to start. See ``configs/local.yaml`` for the embedded profile."""
 
@@ -156,6 +212,7 @@ class Settings(BaseSettings):
     )
     ray: RaySettings = RaySettings()
     finetune: FineTuneSettings = FineTuneSettings()
+    pacs: PacsSettings = PacsSettings()
 
     @field_validator("bootstrap_token", mode="after")
     @classmethod

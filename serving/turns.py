@@ -17,17 +17,19 @@ from agents import (
     Intake,
     MessageTooLong,
     StoredStudy,
+    StudyLink,
     TurnContext,
     TurnUploads,
     Upload,
     UploadRejected,
     check_message,
+    take_series,
     take_study,
     take_uploads,
 )
 from memory.db import transaction
 from memory.records import AccessDenied, Conflict, InvalidInput, NotFound, Records
-from memory.schema import Role
+from memory.schema import Role, StudySource
 from memory.users import Principal
 from serving.problems import Problem, problem_for
 from serving.services import GatewayServices
@@ -89,6 +91,7 @@ def _intake(services: GatewayServices, principal: Principal) -> Intake:
         deid_key=services.deid_key,
         burned_in=services.settings.burned_in,
         max_bytes=services.settings.max_upload_bytes,
+        read_slices=services.settings.pacs.read_slices,
     )
 
 
@@ -106,6 +109,22 @@ def ingest_study(
     """A DICOM upload becomes a de-identified study, through the agent's intake."""
     with _upload_problems():
         return take_study(_intake(services, principal), patient_id, upload)
+
+
+def ingest_series(
+    services: GatewayServices,
+    principal: Principal,
+    patient_id: int,
+    uploads: list[Upload],
+    *,
+    link: StudyLink | None = None,
+) -> StoredStudy:
+    """The instances of one series (a PACS import) become one de-identified study, through the same
+    intake as an upload; ``link`` records where they came from in the study's transaction."""
+    with _upload_problems():
+        return take_series(
+            _intake(services, principal), patient_id, uploads, source=StudySource.pacs, link=link
+        )
 
 
 def _take_uploads(

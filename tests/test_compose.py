@@ -65,3 +65,13 @@ def test_gateway_config_points_at_compose_services() -> None:
     assert deployments["HealthGPT"]["ray_actor_options"]["num_gpus"] >= 1
     head_command = " ".join(compose["services"]["ray-head"]["command"])
     assert f"--port={settings.ray.address.split(':')[1]}" in head_command
+
+
+def test_pacs_url_reaches_every_ray_node_and_names_the_orthanc_service() -> None:
+    # issue 17: the Gateway replicas run on the Ray nodes, so the setting travels with the shared env.
+    services = _compose()["services"]
+    for name in ("ray-head", "ray-gpu-worker", "gateway"):
+        value = services[name]["environment"]["HEALTHAGENT_PACS__URL"]
+        default = re.fullmatch(r"\$\{HEALTHAGENT_PACS__URL:-(.+)\}", value).group(1)
+        assert re.match(r"http://orthanc:8042/dicom-web$", default), (name, value)
+    assert "8042:8042" in services["orthanc"]["ports"]

@@ -98,6 +98,11 @@ class ReadReport(BaseModel):
     signed_by: Signer | None = None
     signed_at: AwareDatetime | None = None
     read_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    # Where a server serves the DiagnosticReport (the FHIR facade: ``{base}/DiagnosticReport/{read id}``):
+    # its id is the last segment and its fullUrl this. None: an id derived from the study and read time.
+    report_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+/DiagnosticReport/[A-Za-z0-9\-.]{1,64}$"
+    )
 
     @model_validator(mode="after")
     def _signature_matches_status(self) -> ReadReport:
@@ -127,6 +132,19 @@ def _id(*parts: str) -> str:
 
 def _urn(resource_id: str) -> str:
     return f"urn:uuid:{resource_id}"
+
+
+def _url(ids: dict[str, str], role: str) -> str:
+    """How the Bundle names a resource: its server URL where it has one, else its urn:uuid."""
+    return ids.get(f"{role}_url") or _urn(ids[role])
+
+
+_ROLES = {"DiagnosticReport": "report", "ImagingStudy": "study", "Observation": "observation",
+          "Device": "device", "Practitioner": "practitioner", "Provenance": "provenance"}  # fmt: skip
+
+
+def _role(resource: dict[str, Any]) -> str:
+    return _ROLES[resource["resourceType"]]
 
 
 def _ai_label() -> dict[str, Any]:
@@ -261,7 +279,7 @@ def _provenance(read: ReadReport, ids: dict[str, str]) -> dict[str, Any]:
     return {
         "resourceType": "Provenance",
         "id": ids["provenance"],
-        "target": [{"reference": _urn(ids["report"])}, {"reference": _urn(ids["observation"])}],
+        "target": [{"reference": _url(ids, "report")}, {"reference": _urn(ids["observation"])}],
         "occurredDateTime": read.read_at.isoformat(),
         "recorded": (read.signed_at or read.read_at).isoformat(),
         "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": operation}], "text": text},
@@ -275,7 +293,7 @@ def build_report_bundle(read: ReadReport) -> Bundle:
     key = (read.study_uid, read.read_at.isoformat())
     p = read.provenance
     ids = {
-        "report": _id("report", *key),
+        "report": read.report_url.rsplit("/", 1)[1] if read.report_url else _id("report", *key),
         "observation": _id("observation", *key),
         "study": _id("imaging-study", read.study_uid),
         "device": _id("device", p.model, p.plugin, p.adapter_version),
@@ -283,6 +301,8 @@ def build_report_bundle(read: ReadReport) -> Bundle:
     }
     if read.signed_by is not None:
         ids["practitioner"] = _id("practitioner", read.signed_by.id)
+    if read.report_url:
+        ids["report_url"] = read.report_url
     resources = [_diagnostic_report(read, ids), _imaging_study(read, ids["study"]), _findings(read, ids)]
     resources.append(_device(p, ids["device"]))
     if read.signed_by is not None:
@@ -293,7 +313,7 @@ def build_report_bundle(read: ReadReport) -> Bundle:
         "id": _id("bundle", read.status, *key),
         "type": "collection",
         "timestamp": (read.signed_at or read.read_at).isoformat(),
-        "entry": [{"fullUrl": _urn(r["id"]), "resource": r} for r in resources],
+        "entry": [{"fullUrl": _url(ids, _role(r)), "resource": r} for r in resources],
     }
     try:
         return Bundle.model_validate(bundle)
@@ -367,3 +387,57 @@ def report_of(bundle: Bundle) -> Any:
         if entry.resource is not None and entry.resource.get_resource_type() == "DiagnosticReport":
             return entry.resource
     raise FhirValidationError("the Bundle holds no DiagnosticReport")
+
+
+def search_bundle(bundles: list[Bundle], total: int | None = None) -> Bundle:
+    """A ``searchset`` Bundle of several reports: each DiagnosticReport is a match, what it refers to
+    (findings, study, the AI Device, the physician, the Provenance) is included once."""
+    entries: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for bundle in bundles:
+        for entry in bundle.entry or []:
+            if entry.resource is None or entry.fullUrl in seen:
+                continue
+            seen.add(str(entry.fullUrl))
+            mode = "match" if entry.resource.get_resource_type() == "DiagnosticReport" else "include"
+            entries.append(
+                {
+                    "fullUrl": entry.fullUrl,
+                    "resource": json.loads(entry.resource.model_dump_json()),
+                    "search": {"mode": mode},
+                }
+            )
+    matches = sum(1 for e in entries if e["search"]["mode"] == "match")
+    searchset = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "searchset",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "total": matches if total is None else total,
+        "entry": entries,
+    }
+    try:
+        return Bundle.model_validate(searchset)
+    except ValidationError as exc:
+        raise FhirValidationError(f"built an invalid searchset Bundle: {exc}") from exc
+
+
+# "Findings:", "Findings (8 of 120 slices read: 1, 18, …):", "Impression (slice 60):"; the draft's confidence
+# and image-quality lines end a section without being one the report carries.
+_SECTION = re.compile(
+    r"^[ \t]*(findings|impression|confidence|image quality)\b[ \t]*(?:\([^)\n]*\))?[^:\n]*:[ \t]*",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def report_sections(text: str) -> tuple[str, str]:
+    """(findings, impression) of a report's text: its "Findings:" and "Impression:" parts where it has
+    them (the AI draft's layout), else the whole text as findings and a pointer to it as impression."""
+    marks = list(_SECTION.finditer(text))
+    parts: dict[str, str] = {}
+    for mark, following in zip(marks, [*marks[1:], None], strict=False):
+        end = following.start() if following is not None else len(text)
+        parts.setdefault(mark.group(1).lower(), text[mark.end() : end].strip())
+    findings = parts.get("findings") or text.strip() or "(none stated)"
+    impression = parts.get("impression") or "See findings."
+    return findings, impression

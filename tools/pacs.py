@@ -12,6 +12,7 @@ import copy
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -276,6 +277,27 @@ class PacsClient:
             raise StudyNotFound(f"no study {study_uid} in the PACS at {self.config.root}")
         return instances
 
+    def retrieve_series(self, study_uid: str, series_uid: str) -> list[Dataset]:
+        """Every instance of one series, as stored; :class:`StudyNotFound` when there is none."""
+        with self._errors("a series retrieval", study_uid):
+            instances = self._client.retrieve_series(
+                _checked_uid(study_uid), _checked_uid(series_uid), media_types=(("application/dicom", "*"),)
+            )
+        if not instances:
+            where = self.config.root
+            raise StudyNotFound(f"no series {series_uid} of study {study_uid} in the PACS at {where}")
+        return instances
+
+    def instance_metadata(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+        """One instance's header (WADO-RS metadata, no pixels): what an SR copies its patient and study
+        modules from, so they are the PACS's own values rather than anything we keep."""
+        with self._errors("a metadata retrieval", study_uid):
+            found = self._client.retrieve_instance_metadata(
+                _checked_uid(study_uid), _checked_uid(series_uid), _checked_uid(sop_uid)
+            )
+        # Large values come as bulk-data links, which the SR never needs: left out rather than fetched.
+        return Dataset.from_json({tag: item for tag, item in found.items() if "BulkDataURI" not in item})
+
     def store(self, datasets: Sequence[Dataset]) -> list[str]:
         """STOW the datasets; returns the stored SOP Instance UIDs, or raises :class:`PacsRejected`."""
         with self._errors(f"storing {len(datasets)} instance(s)"):
@@ -404,12 +426,37 @@ def _evidence(sources: Sequence[Dataset]) -> list[Dataset]:
     return studies
 
 
+@dataclass(frozen=True)
+class SrReference:
+    """Where a stored SR is: what an amended SR names as the document it replaces."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str = BASIC_TEXT_SR
+
+
+def _predecessor(ref: SrReference) -> Dataset:
+    sop = Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref.sop_class, ref.sop_uid
+    series = Dataset()
+    series.SeriesInstanceUID = ref.series_uid
+    series.ReferencedSOPSequence = [sop]
+    study = Dataset()
+    study.StudyInstanceUID = ref.study_uid
+    study.ReferencedSeriesSequence = [series]
+    return study
+
+
 def build_text_sr(
     read: ReadReport,
     sources: Sequence[Dataset],
     *,
     organization: str = MANUFACTURER,
     series_number: int = 9000,
+    sop_instance_uid: str | None = None,
+    series_uid: str | None = None,
+    replaces: SrReference | None = None,
 ) -> Dataset:
     """The read as a Basic Text SR in a new series of the read's study, referencing ``sources``.
 
@@ -417,6 +464,10 @@ def build_text_sr(
     FINAL and VERIFIED, with the physician as verifying observer of ``organization``. ``CompletionFlag``
     is COMPLETE either way: the AI's content is whole; whether a physician stands behind it is what the
     other two flags say. The model's confidence has no place in a Basic Text SR and is left to FHIR.
+
+    ``sop_instance_uid`` and ``series_uid`` fix the new instance's UIDs (an outbox that retries a push
+    sends the same instance again, which the PACS stores once); ``replaces`` names the SR an amended
+    report supersedes (Predecessor Documents Sequence).
     """
     if not sources:
         raise ValueError("an SR needs at least one source instance of the study")
@@ -429,8 +480,10 @@ def build_text_sr(
     ds.ContentDate, ds.ContentTime = read.read_at.strftime("%Y%m%d"), read.read_at.strftime("%H%M%S")
 
     # SR Document Series and General Equipment.
+    if sop_instance_uid is not None:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _checked_uid(sop_instance_uid)
     ds.Modality = "SR"
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = _checked_uid(series_uid) if series_uid is not None else generate_uid()
     ds.SeriesNumber = series_number
     ds.SeriesDescription = f"AI read ({p.model})"[:64]
     ds.ReferencedPerformedProcedureStepSequence = []
@@ -455,6 +508,8 @@ def build_text_sr(
         ds.VerifyingObserverSequence = [observer]
     ds.PerformedProcedureCodeSequence = []
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(sources)
+    if replaces is not None:
+        ds.PredecessorDocumentsSequence = [_predecessor(replaces)]
 
     # SR Document Content: the root CONTAINER with the observer context, findings and impression.
     ds.ValueType = "CONTAINER"

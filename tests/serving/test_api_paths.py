@@ -11,6 +11,9 @@ from serving.api.app import create_app
 from serving.settings import Settings
 
 RECORDED = [
+    # issue 17: the FHIR R4 facade over the reads
+    ("/fhir/r4/DiagnosticReport", "GET"),
+    ("/fhir/r4/DiagnosticReport/{read_id}", "GET"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/v1/admin/adapters", "GET"),
@@ -32,9 +35,11 @@ RECORDED = [
     ("/v1/consultations/{consultation_id}/messages", "POST"),
     ("/v1/feedback", "POST"),
     ("/v1/notifications", "GET"),
+    ("/v1/pacs/studies", "GET"),  # issue 17: QIDO search of the PACS
     ("/v1/reads/{read_id}", "GET"),
     ("/v1/reads/{read_id}/signoff", "POST"),
     ("/v1/studies", "POST"),
+    ("/v1/studies/import", "POST"),  # issue 17: import a study from the PACS
     ("/v1/studies/{study_id}/reads", "POST"),
 ]
 

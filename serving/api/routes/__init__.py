@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.api.routes import admin, chat, consultations, feedback, health, notifications, reads, studies
+from serving.api.routes import (
+    admin,
+    chat,
+    consultations,
+    feedback,
+    fhir,
+    health,
+    notifications,
+    pacs,
+    reads,
+    studies,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     consultations.router,
     chat.router,
     studies.router,
+    pacs.router,
     reads.router,
     feedback.router,
     notifications.router,
     admin.router,
+    fhir.router,
 )
