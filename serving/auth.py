@@ -11,7 +11,9 @@ guesses neither reaches the database nor slows down real users.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from ipaddress import IPv4Network, IPv6Network
 
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,8 +29,35 @@ SESSION_COOKIE = "ha_session"
 
 
 def client_address(request: Request) -> str:
-    # The peer as the server saw it; behind Ray Serve's proxy it is the proxy's client.
-    return request.client.host if request.client is not None else "unknown"
+    """The client a request is counted against: the peer as the server saw it (behind Ray Serve's proxy,
+    the proxy's client), or — when that peer is one of ``trusted_proxies`` — the nearest address in
+    X-Forwarded-For that is not a trusted proxy. Hops further left are the client's own claims."""
+    peer = request.client.host if request.client is not None else "unknown"
+    trusted = request.app.state.services.settings.trusted_proxies
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop if _is_address(hop) else "unknown"
+    return peer  # every hop is a proxy of ours: the request started inside
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str, trusted: list[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in trusted)
 
 
 def principal_from_request(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

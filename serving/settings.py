@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -193,6 +193,13 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=8000, ge=1)
     bootstrap_token: SecretStr | None = Field(
         default=None, description="Bootstrap admin token; generated and printed once if unset."
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Load balancers / reverse proxies in front of the gateway (addresses or CIDRs). A "
+        "request from one of them is attributed to the last address in X-Forwarded-For that is not a "
+        "trusted proxy, so invalid-token throttling counts clients, not the proxy. Empty: the peer "
+        "address, and X-Forwarded-For is ignored (anyone can write it).",
     )
     admin_phi_access: bool = Field(
         default=False, description="Let admins read (never write) patient records. Off: admins see no PHI."

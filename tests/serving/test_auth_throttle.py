@@ -48,6 +48,37 @@ def test_invalid_tokens_are_throttled_per_address(sqlite_api, monkeypatch: pytes
     assert "healthagent_auth_throttled_total" in metrics and "healthagent_auth_failures_total" in metrics
 
 
+def test_behind_a_trusted_proxy_clients_are_counted_apart(sqlite_api) -> None:
+    """Behind a load balancer every request comes from its address: with it in ``trusted_proxies`` the
+    throttle counts the client X-Forwarded-For names (the nearest untrusted hop), so one client's guesses
+    do not lock out everyone behind the same proxy; an untrusted peer's X-Forwarded-For is ignored."""
+    from ipaddress import ip_network
+
+    client, people = sqlite_api
+    services = client.app.state.services
+    services.auth_failures = InProcessTokenBucket(2, 0.001)
+    services.settings.trusted_proxies = [ip_network("10.0.0.0/8")]
+    proxy = TestClient(client.app, client=("10.1.2.3", 5000))
+
+    guess = "ha_guessed"
+
+    def via(*hops: str, token: str = guess) -> int:
+        headers = {**auth(token), "X-Forwarded-For": ", ".join(hops)}
+        return proxy.get("/v1/notifications", headers=headers).status_code
+
+    # The attacker claims a made-up address on the left; the proxy appended the real one, 203.0.113.9.
+    assert [via("198.51.100.1", "203.0.113.9") for _ in range(4)] == [401, 401, 429, 429]
+    assert via("203.0.113.10", token=people.pam) == 200, "another client behind the proxy is served"
+    assert via("203.0.113.10", "10.9.9.9", token="ha_other") == 401, "trusted hops are skipped"
+    # A peer that is no proxy of ours cannot pick whom it is counted as.
+    stranger = TestClient(client.app, client=("192.0.2.50", 5000))
+    headers = {**auth("ha_guessed"), "X-Forwarded-For": "203.0.113.77"}
+    statuses = [stranger.get("/v1/notifications", headers=headers).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+    headers["X-Forwarded-For"] = "203.0.113.78"
+    assert stranger.get("/v1/notifications", headers=headers).status_code == 429
+
+
 def test_the_in_process_bucket_peeks_without_taking_and_forgets_refilled_addresses() -> None:
     bucket = InProcessTokenBucket(2, 1000)
     assert bucket.peek("a").allowed and bucket.peek("a").remaining == 2
