@@ -142,7 +142,9 @@ class SpecialistsDeployment:
         return self.specialists.screen(text)
 
 
-@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.5})
+# The Gateway mostly waits (on the database, Redis, the model): Serve's default of 5 requests at once per
+# replica would let five turns waiting on a model replica hold up every read and health call behind them.
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 @serve.ingress()
 class Gateway:
     def __init__(
