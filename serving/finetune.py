@@ -167,9 +167,9 @@ class FineTuneService:
         self.adopt_orphans()
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Leave running jobs to the next gateway: each supervisor stops its trainer and ends as
+        orphaned, writing nothing more (a cancel would end a job an operator never cancelled)."""
         self._closed.set()
-        for stop in list(self._stops.values()):
-            stop.set()
         for thread in list(self._threads.values()):
             thread.join(timeout_s)
 
