@@ -1,10 +1,11 @@
-"""The outbox of signed reports for the PACS (table ``report_pushes``): what to deliver, who is delivering
-it, and what happened. System-level, like a queue: callers check access (``Records.get_read``) before they
-enqueue for a person; the gateway's worker drains it with no person behind it.
+"""The outbox for the PACS (table ``report_pushes``): signed reports (DICOM SR) and accepted generated
+images (Secondary Capture) — what to deliver, who is delivering it, and what happened. System-level, like
+a queue: callers check access (``Records.get_read``, ``Records.review_derived_image``) before they enqueue
+for a person; the gateway's worker drains it with no person behind it.
 
 A push snapshots one signed version of a read (text, signer, time), so a later amendment never rewrites
 what an earlier push carries, and its SR UIDs are fixed when it is written: delivering it twice stores
-the same instance twice, which a PACS keeps once.
+the same instance twice, which a PACS keeps once. A derived image is pushed once, when it is accepted.
 """
 
 from __future__ import annotations
@@ -17,10 +18,22 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from memory import audit
-from memory.schema import PacsImport, PushStatus, Read, ReadStatus, ReportPush, Study, utcnow
+from memory.schema import (
+    DerivedImage,
+    DerivedStatus,
+    PacsImport,
+    PushKind,
+    PushStatus,
+    Read,
+    ReadStatus,
+    ReportPush,
+    Study,
+    utcnow,
+)
 
 MAX_ERROR_CHARS = 2000
 SWEEP_WINDOW = timedelta(days=7)
+ACCEPTED = "accepted"  # the signature of an image push: an image is accepted once
 
 
 def new_uid() -> str:
@@ -89,11 +102,15 @@ def enqueue(session: Session, read: Read, *, hold_s: float = 0.0) -> ReportPush 
         next_attempt_at=utcnow() + timedelta(seconds=hold_s),
         last_error="",
     )
+    return _written(session, push, study.patient_id, {"read_id": read.id, "status": push.report_status})
+
+
+def _written(session: Session, push: ReportPush, patient_id: int, detail: dict[str, Any]) -> ReportPush:
+    """A new push, stored and audited in the caller's transaction (no person behind the queue)."""
     session.add(push)
     session.flush()
     audit.append(session, actor=None, action="report_push.write", resource="report_push",
-                 resource_id=push.id, patient_id=study.patient_id,
-                 detail={"read_id": read.id, "status": push.report_status})  # fmt: skip
+                 resource_id=push.id, patient_id=patient_id, detail=detail)  # fmt: skip
     return push
 
 
@@ -161,7 +178,12 @@ def delivered(session: Session, push_id: int) -> None:
     patient_id = push.payload.get("patient_id")
     audit.append(session, actor=None, action="report_push.deliver", resource="report_push",
                  resource_id=push.id, patient_id=patient_id,
-                 detail={"read_id": push.read_id, "sr_uid": push.sr_uid})  # fmt: skip
+                 detail={**_subject(push), "sr_uid": push.sr_uid})  # fmt: skip
+
+
+def _subject(push: ReportPush) -> dict[str, int | None]:
+    """What a push is about, as its audit rows name it."""
+    return {"image_id": push.image_id} if push.kind is PushKind.sc else {"read_id": push.read_id}
 
 
 def failed(session: Session, push_id: int, error: str, first_s: float, max_s: float) -> datetime:
@@ -181,3 +203,51 @@ def get(session: Session, push_id: int) -> ReportPush:
     if push is None:
         raise LookupError(f"no report push {push_id}")
     return push
+
+
+# -- generated images, as Secondary Captures of the original study ------------------------------------------
+
+
+def pushes_of_image(session: Session, image_id: int) -> list[ReportPush]:
+    query = select(ReportPush).where(ReportPush.image_id == image_id).order_by(ReportPush.id)
+    return list(session.scalars(query))
+
+
+def enqueue_image(session: Session, image: DerivedImage, *, hold_s: float = 0.0) -> ReportPush | None:
+    """The push of an accepted generated image to its study's ORIGINAL study, written once; None when
+    there is nothing to push (not accepted, or the study did not come from the PACS). The instance and
+    series UIDs are fixed here, so every retry stores the same instance."""
+    if image.status is not DerivedStatus.accepted:
+        return None
+    origin = session.scalar(select(PacsImport).where(PacsImport.study_id == image.study_id))
+    if origin is None:
+        return None
+    earlier = pushes_of_image(session, image.id)
+    if earlier:
+        return earlier[0]
+    study = session.get(Study, image.study_id)
+    assert study is not None
+    provenance = image.provenance or {}
+    # A snapshot of what the capture says: the pixels are content-addressed, so the key alone pins them.
+    payload: dict[str, Any] = {
+        "task": image.task,
+        "source_slice": image.source_slice,
+        "pixel_key": image.pixel_key,
+        "model": {k: str(provenance.get(k) or "unknown") for k in ("model", "plugin", "adapter_version")},
+        "accepted_by": image.reviewed_by,
+        "patient_id": study.patient_id,
+    }
+    push = ReportPush(
+        kind=PushKind.sc,
+        image_id=image.id,
+        signature=ACCEPTED,
+        report_status=ACCEPTED,
+        sr_uid=new_uid(),
+        sr_series_uid=new_uid(),
+        payload=payload,
+        status=PushStatus.pending,
+        attempts=0,
+        next_attempt_at=utcnow() + timedelta(seconds=hold_s),
+        last_error="",
+    )
+    return _written(session, push, study.patient_id, {"image_id": image.id, "kind": str(PushKind.sc)})

@@ -23,6 +23,8 @@ from memory.schema import (
     CareTeamMember,
     Consultation,
     ConsultationStatus,
+    DerivedImage,
+    DerivedStatus,
     Feedback,
     FeedbackKind,
     FineTuneJob,
@@ -43,6 +45,8 @@ from memory.schema import (
 from memory.users import Principal, add_token
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+# session.info key: (the transaction, {(actor id, role, patient id): relation}) — see Records._relation
+_RELATIONS = "records_relations"
 MAX_TEXT_CHARS = 100_000
 
 
@@ -102,11 +106,33 @@ class Records:
         self.admin_phi_access = admin_phi_access
 
     # -- policy -------------------------------------------------------------------------------------
+    def _known_relations(self) -> dict[tuple[int, Role, int], Relation]:
+        """Relations already looked up in this session's current transaction, shared by every Records on
+        the session: a turn checks the same patient several times, and only a care-team change (which
+        clears this) can alter the answer meanwhile. A new transaction starts afresh."""
+        root = self.session.get_transaction()
+        held = self.session.info.get(_RELATIONS)
+        if held is None or held[0] is not root:
+            held = self.session.info[_RELATIONS] = (root, {})
+        return held[1]
+
     def _relation(self, patient_id: int | None) -> Relation:
         if patient_id is None:
             return Relation.not_patient_data
+        if self.session.get_transaction() is None:  # no transaction yet: nothing to scope a memo to
+            return self._look_up_relation(patient_id)
+        known = self._known_relations()
+        key = (self.actor.user_id, self.actor.role, patient_id)
+        relation = known.get(key)
+        if relation is None:
+            relation = known[key] = self._look_up_relation(patient_id)
+        return relation
+
+    def _look_up_relation(self, patient_id: int) -> Relation:
         if self.actor.role is Role.patient:
-            owner = self.session.scalar(select(Patient.user_id).where(Patient.id == patient_id))
+            # Through the identity map: a call that loaded the patient already answers without a query.
+            patient = self.session.get(Patient, patient_id)
+            owner = patient.user_id if patient is not None else None
             return Relation.own if owner == self.actor.user_id else Relation.none
         if self.actor.role is Role.physician:
             member = self.session.scalar(
@@ -239,6 +265,7 @@ class Records:
         if self.session.get(CareTeamMember, (physician_id, patient_id)) is None:
             self.session.add(CareTeamMember(physician_id=physician_id, patient_id=patient_id))
             self.session.flush()
+            self.session.info.pop(_RELATIONS, None)
 
     def get_patient(self, patient_id: int) -> Patient:
         patient = self._get(Patient, patient_id, "patient")
@@ -921,6 +948,117 @@ class Records:
         if self.actor.role is not Role.physician:
             self._deny(Resource.study, Action.read, "pacs", None, "only physicians search the PACS")
         self._audit("pacs", Action.read, "search", detail={"filters": filters, "found": found})
+
+    # -- care teams as the admin's pages show them; a study's parts within an audited view -------------
+    def list_care_teams(self) -> list[CareTeamLink]:
+        """Every physician–patient link, named by login (an admin manages logins, not health records)."""
+        from sqlalchemy.orm import aliased
+
+        self._authorize(Resource.care_team, Action.read, "care_teams")
+        login = aliased(User)  # the patient's own user row, beside the physician's
+        rows = self.session.execute(
+            select(CareTeamMember.physician_id, User.name, CareTeamMember.patient_id, login.name)
+            .join(User, User.id == CareTeamMember.physician_id)
+            .join(Patient, Patient.id == CareTeamMember.patient_id)
+            .outerjoin(login, login.id == Patient.user_id)
+            .order_by(CareTeamMember.patient_id, User.name)
+        )
+        return [CareTeamLink(int(a), str(b), int(c), d) for a, b, c, d in rows]
+
+    def remove_from_care_team(self, physician_id: int, patient_id: int) -> bool:
+        """Take a physician off a patient's care team: their next request for that patient's records is
+        refused. False when they were not on it (the attempt is audited all the same)."""
+        link = f"{physician_id}:{patient_id}"
+        decision = decide(self.actor.role, Resource.care_team, Action.write, Relation.not_patient_data)
+        if not decision.allowed:
+            self._deny(Resource.care_team, Action.write, link, patient_id, decision.reason)
+        member = self.session.get(CareTeamMember, (physician_id, patient_id))
+        self._audit(Resource.care_team, Action.write, link, patient_id,
+                    detail={"change": "remove", "was_member": member is not None})  # fmt: skip
+        if member is None:
+            return False
+        self.session.delete(member)
+        self.session.flush()
+        self.session.info.pop(_RELATIONS, None)
+        return True
+
+    def study_within_view(self, study_id: int) -> Study:
+        """A study for one part of a view the caller opened and that was audited then (a slice picture
+        of the viewer page): the access policy is checked again, and a refusal audited, but an allowed
+        access adds no row of its own, so scrolling through a series does not flood the log."""
+        study = self._get(Study, study_id, "study")
+        relation = self._relation(study.patient_id)
+        decision = decide(self.actor.role, Resource.study, Action.read, relation,
+                          admin_phi_access=self.admin_phi_access)  # fmt: skip
+        if not decision.allowed:
+            self._deny(Resource.study, Action.read, study_id, study.patient_id, decision.reason)
+        return study
+
+    # -- images generated from a study (issue 17: secondary captures) ---------------------------------
+    DERIVED_IMAGE = "derived_image"  # the audit rows' resource; the policy is that of reads
+
+    def _derived_image(self, study_id: int, image_id: int, action: Action) -> DerivedImage:
+        """A derived image of ``study_id`` under the policy of reads (AI output about a study): the care
+        team generates, sees and reviews it; the patient sees it once a physician accepted it. Audited as
+        ``derived_image.<action>``; a refusal answers like a missing image."""
+        image = self._get(DerivedImage, image_id, "derived image")
+        if image.study_id != study_id:
+            raise NotFound(f"no derived image {image_id} of study {study_id}")
+        patient_id = self.session.scalar(select(Study.patient_id).where(Study.id == study_id))
+        if self.actor.role is Role.patient and image.status is not DerivedStatus.accepted:
+            self._deny(self.DERIVED_IMAGE, action, image_id, patient_id, "not accepted by a physician",
+                       NotFound(f"no derived image {image_id}"))  # fmt: skip
+        self._authorize_derived(action, image_id, patient_id)
+        return image
+
+    def _authorize_derived(self, action: Action, image_id: object, patient_id: int | None) -> None:
+        decision = decide(self.actor.role, Resource.read, action, self._relation(patient_id),
+                          admin_phi_access=self.admin_phi_access)  # fmt: skip
+        if not decision.allowed:
+            self._deny(self.DERIVED_IMAGE, action, image_id, patient_id, decision.reason,
+                       NotFound(f"no derived image {image_id}"))  # fmt: skip
+        self._audit(self.DERIVED_IMAGE, action, image_id, patient_id)
+
+    def add_derived_image(
+        self, study_id: int, *, task: str, source_slice: int, pixel_key: str, provenance: dict[str, Any]
+    ) -> DerivedImage:
+        """A generated image of a study, PRELIMINARY until a physician reviews it (physicians of the
+        patient's care team only: the policy lets no one else write AI output about a study)."""
+        study = self._get(Study, study_id, "study")
+        self._authorize_derived(Action.write, f"study:{study_id}", study.patient_id)
+        image = DerivedImage(study_id=study_id, task=_text(task, 24, "task"), source_slice=source_slice,
+                             pixel_key=_text(pixel_key, 64, "pixel_key"),
+                             provenance=_payload(provenance, "provenance"),
+                             status=DerivedStatus.preliminary, created_by=self.actor.user_id)  # fmt: skip
+        self.session.add(image)
+        self.session.flush()
+        return image
+
+    def get_derived_image(self, study_id: int, image_id: int) -> DerivedImage:
+        return self._derived_image(study_id, image_id, Action.read)
+
+    def review_derived_image(
+        self, study_id: int, image_id: int, accept: bool, reason: str = ""
+    ) -> DerivedImage:
+        """A physician's verdict on a preliminary image: accepted or rejected, once."""
+        image = self._derived_image(study_id, image_id, Action.sign)
+        if image.status is not DerivedStatus.preliminary:
+            raise Conflict(f"derived image {image_id} was {image.status} already")
+        image.status = DerivedStatus.accepted if accept else DerivedStatus.rejected
+        image.reviewed_by, image.reviewed_at = self.actor.user_id, utcnow()
+        image.review_reason = _text(reason, 2000, "reason")
+        self.session.flush()
+        return image
+
+
+@dataclass(frozen=True)
+class CareTeamLink:
+    """One physician on one patient's care team, as an admin sees it (logins and ids, no health data)."""
+
+    physician_id: int
+    physician: str
+    patient_id: int
+    patient_login: str | None  # None: a patient record without a login
 
 
 class Conflict(InvalidInput):

@@ -362,18 +362,39 @@ class PushStatus(enum.StrEnum):
     delivered = "delivered"
 
 
+class PushKind(enum.StrEnum):
+    """What a push stores in the PACS: a signed read as a DICOM SR, or an accepted generated image as a
+    Secondary Capture. One outbox for both, so both get the same retries, leases and status."""
+
+    sr = "sr"
+    sc = "sc"
+
+
 class ReportPush(Base):
     """The outbox: one signed version of a read, to be stored in the PACS as a DICOM SR. Written in the
     sign-off's wake and retried until the PACS has it, so a signed report is never lost to an outage."""
 
     __tablename__ = "report_pushes"
-    __table_args__ = (UniqueConstraint("read_id", "signature", name="report_push_once_per_signature"),)
+    __table_args__ = (
+        UniqueConstraint("read_id", "signature", name="report_push_once_per_signature"),
+        UniqueConstraint("image_id", name="report_push_once_per_image"),
+        # A push is about one read (an SR) or one derived image (a secondary capture), never both.
+        CheckConstraint("(read_id IS NULL) <> (image_id IS NULL)", name="report_push_one_subject"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    read_id: Mapped[int] = mapped_column(ForeignKey("reads.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[PushKind] = mapped_column(
+        _enum(PushKind, "push_kind"), default=PushKind.sr, server_default=PushKind.sr.value
+    )
+    read_id: Mapped[int | None] = mapped_column(ForeignKey("reads.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("derived_images.id", ondelete="CASCADE"), default=None
+    )
     signature: Mapped[str] = mapped_column(String(40))  # the signed_at it snapshots (ISO, UTC)
     report_status: Mapped[str] = mapped_column(String(16))  # final | amended
-    sr_uid: Mapped[str] = mapped_column(String(64))  # fixed at enqueue: a retried push is idempotent
+    # The stored instance's UIDs (the SR's, or the secondary capture's for kind "sc"), fixed at enqueue:
+    # a retried push is idempotent.
+    sr_uid: Mapped[str] = mapped_column(String(64))
     sr_series_uid: Mapped[str] = mapped_column(String(64))
     replaces_uid: Mapped[str | None] = mapped_column(String(64), default=None)  # the SR it amends
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -386,3 +407,34 @@ class ReportPush(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class DerivedStatus(enum.StrEnum):
+    """A generated image is AI output: preliminary until a physician accepts or rejects it."""
+
+    preliminary = "preliminary"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class DerivedImage(Base):
+    """An image the model generated from one slice of a study (reconstruction, super-resolution, CT↔MRI):
+    its PNG in the pixel store, what made it, and the physician's review. An accepted image of a study
+    imported from the PACS goes back to the original study as a Secondary Capture (``report_pushes``)."""
+
+    __tablename__ = "derived_images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    task: Mapped[str] = mapped_column(String(24))  # tools.healthgpt.ImageTask
+    source_slice: Mapped[int] = mapped_column(Integer)  # 1-based, in the study's slice order
+    pixel_key: Mapped[str] = mapped_column(String(64))  # the generated PNG
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # model, plugin, adapter, …
+    status: Mapped[DerivedStatus] = mapped_column(
+        _enum(DerivedStatus, "derived_status"), default=DerivedStatus.preliminary
+    )
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    review_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

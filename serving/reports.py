@@ -1,9 +1,11 @@
 """A read as the report the outside world gets: a FHIR DiagnosticReport (the facade) or the content of the
-DICOM SR stored back in the PACS. One mapping for both, so the two never tell different stories."""
+DICOM SR stored back in the PACS. One mapping for both, so the two never tell different stories. And an
+accepted generated image as the words its Secondary Capture carries."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,4 +80,34 @@ def pushed_report(payload: dict[str, Any], study_uid: str) -> ReadReport:
         signed_by=Signer(id=str(signer["id"])[:64], name=str(signer["name"])[:128]),
         signed_at=datetime.fromisoformat(payload["signed_at"]),
         read_at=min(datetime.fromisoformat(payload["read_at"]), datetime.fromisoformat(payload["signed_at"])),
+    )
+
+
+# What each image task did to the source, as a Secondary Capture's derivation description says it.
+TASK_WORDS = {
+    "reconstruction": "Reconstruction",
+    "super_resolution": "Super-resolution",
+    "ct_to_mri": "CT-to-MRI conversion",
+    "mri_to_ct": "MRI-to-CT conversion",
+}
+
+
+@dataclass(frozen=True)
+class CaptureWords:
+    """The text of an accepted generated image's Secondary Capture."""
+
+    provenance: ReadProvenance
+    derivation: str  # "CT-to-MRI conversion of the referenced image (slice 6)"
+    description: str  # the series description (64 characters at most)
+
+
+def pushed_capture(payload: dict[str, Any]) -> CaptureWords:
+    """The words of the capture an image push snapshotted: the task, the source slice, the model."""
+    task = str(payload.get("task") or "image generation")
+    what = TASK_WORDS.get(task, task.replace("_", " "))
+    provenance = _model(payload.get("model") or {})
+    return CaptureWords(
+        provenance=provenance,
+        derivation=f"{what} of the referenced image (slice {payload.get('source_slice')})",
+        description=f"AI {what.lower()} ({provenance.model})"[:64],
     )

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from memory.schema import AdapterStatus, ConsultationStatus, JobStatus, ReadStatus
+from memory.schema import AdapterStatus, ConsultationStatus, DerivedStatus, JobStatus, ReadStatus
 from tools.healthgpt import ImageTask, ModelHealth, Provenance
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -207,6 +207,17 @@ class ConsultationOut(_FromRow):
     status: ConsultationStatus
     flag: str | None = None
     messages: list[MessageOut] = Field(default_factory=list)
+
+
+class ConsultationSummary(_FromRow):
+    """One consultation in a list (``GET /v1/consultations``): no messages; open one for those."""
+
+    id: str
+    patient_id: int | None
+    status: ConsultationStatus
+    flag: str | None = Field(default=None, description="Why the safety screen escalated it, if it did.")
+    created_at: Timestamp
+    closed_at: Timestamp | None = None
 
 
 class StudyOut(_FromRow):
@@ -417,3 +428,51 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "the model is busy or restarting; see Retry-After"},
     504: {"description": "the model did not answer in time"},
 }
+
+
+# -- images generated from a study (issue 17) -------------------------------------------------------------
+# The tasks that take a source image: text_to_image makes a picture of no study, so it has no place here.
+SourceImageTask = Literal["reconstruction", "super_resolution", "ct_to_mri", "mri_to_ct"]
+
+
+class DerivedImageRequest(_Request):
+    task: SourceImageTask
+    slice: Annotated[int, Strict(), Field(ge=1, le=MAX_RECORD_ID)] | None = Field(
+        default=None, description="1-based slice of the study; default: its key (middle) slice."
+    )
+
+
+class DerivedImageReview(_Request):
+    action: Literal["accept", "reject"]
+    reason: Annotated[Text, Field(max_length=2000)] | None = None
+
+
+class PacsCaptureOut(BaseModel):
+    """An accepted image's way back to the PACS, as a Secondary Capture in the original study."""
+
+    status: Literal["pending", "delivered", "not_from_pacs"] = Field(
+        description="pending: queued, retried until delivered; not_from_pacs: an upload, nothing to push"
+    )
+    attempts: int = 0
+    sop_instance_uid: str | None = Field(default=None, description="The capture's UID, the same every try.")
+    last_error: str = ""
+
+
+class DerivedImageOut(_FromRow):
+    id: int
+    study_id: int
+    task: SourceImageTask
+    source_slice: int
+    status: DerivedStatus = Field(
+        description="AI output: preliminary until a physician of the care team accepts or rejects it"
+    )
+    provenance: dict[str, Any]
+    created_by: int | None
+    created_at: Timestamp
+    reviewed_by: int | None
+    reviewed_at: Timestamp | None
+    review_reason: str
+    url: str = Field(default="", description="GET it for the PNG (Accept: application/json: this record)")
+    pacs: PacsCaptureOut | None = Field(
+        default=None, description="Accepted images only: the secondary capture in the PACS."
+    )

@@ -1,8 +1,10 @@
 """The admin's pages: feedback per adapter version (charts), adapters and what is served, fine-tunes
-(start one, follow it live, read its gate report), promotion and rollback with a reason, and users.
+(start one, follow it live, read its gate report), promotion and rollback with a reason, users (create
+one, issue or revoke tokens) and care teams (add or remove a physician).
 
-Actions call the admin API's own route functions with the signed-in admin, so the checks, the audit
-and the answers are the API's; nothing here shows patient data."""
+Actions call the admin API's own route functions, or the records' methods the ``healthagent users`` CLI
+calls, with the signed-in admin, so the checks, the audit and the answers are theirs; nothing here shows
+patient data (patients are named by their login, as in the CLI)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from memory.records import Records
-from memory.schema import Feedback, Role
+from memory.schema import Feedback, Role, User
 from memory.users import Principal
 from serving.api.deps import Services
 from serving.api.routes import admin as admin_routes
@@ -93,6 +96,7 @@ def dashboard(request: Request, me: AdminUser, services: Services, done: str | N
             }
             for u, n, patient_id in records.list_users()
         ]
+        care_teams = records.list_care_teams()
     serving = services.model.info()
     kinds = sorted({a.kind for a in aggregates})
     groups: dict[str, dict[str, int]] = defaultdict(dict)
@@ -117,6 +121,10 @@ def dashboard(request: Request, me: AdminUser, services: Services, done: str | N
         plugins=plugins,
         jobs=jobs,
         users=users,
+        care_teams=care_teams,
+        physicians=[u for u in users if u["role"] == Role.physician.value and not u["disabled"]],
+        patients=[u for u in users if u["patient_id"] is not None],
+        roles=[r.value for r in Role],
         done=done,
         finetunes=services.finetunes is not None,
     )
@@ -125,7 +133,10 @@ def dashboard(request: Request, me: AdminUser, services: Services, done: str | N
 @router.post("/finetunes")
 async def start_finetune(request: Request, me: AdminUser, services: Services) -> Response:
     form = await checked_form(request)
-    body = _validated(FineTuneCreate, {"plugin": form.get("plugin"), "method": form.get("method") or "all"})
+    fields = {"plugin": form.get("plugin"), "method": form.get("method") or "all"}
+    if _text_field(form, "epochs"):  # empty: the settings' (or the preset's) number of epochs
+        fields["epochs"] = _text_field(form, "epochs")
+    body = _validated(FineTuneCreate, fields)
     accepted = await run_in_threadpool(admin_routes.start_finetune, body, me, services)
     return RedirectResponse(f"{WEB_PREFIX}/admin/finetunes/{accepted.id}", status_code=303)
 
@@ -174,3 +185,86 @@ async def cancel(request: Request, job_id: int, me: AdminUser, services: Service
 
 def _done(what: str) -> str:
     return f"{WEB_PREFIX}/admin?done={quote(what)}"
+
+
+def _text_field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _id_field(form: FormData, name: str) -> int:
+    value = _text_field(form, name)
+    if not value.isdigit():
+        raise Problem(422, f"{name}: choose one")
+    return int(value)
+
+
+def _token_page(request: Request, me: Principal, user: str, token: str, patient_id: int | None) -> Response:
+    """A new token, shown this once (only its hash is kept): never cached, never in a URL."""
+    shown = page(request, "admin/token.html", me=me, user=user, token=token, patient_id=patient_id)
+    shown.headers["Cache-Control"] = "no-store"
+    return shown
+
+
+@router.post("/users")
+async def create_user(request: Request, me: AdminUser, services: Services) -> Response:
+    """A new user and their first token, as ``healthagent users add`` makes them (a patient also gets
+    their patient record, named after the login)."""
+    form = await checked_form(request)
+    name = _text_field(form, "name")
+    if not name:
+        raise Problem(422, "name: a user needs a name")
+    try:
+        role = Role(_text_field(form, "role"))
+    except ValueError as exc:
+        raise Problem(422, "role: patient, physician or admin") from exc
+    with records_for(services, me) as records:
+        user, token = records.create_user(name, role)
+        patient_id = records.create_patient(name, user.id).id if role is Role.patient else None
+        created = user.name
+    return _token_page(request, me, created, token, patient_id)
+
+
+@router.post("/users/{user_id}/tokens")
+async def issue_token(request: Request, user_id: int, me: AdminUser, services: Services) -> Response:
+    """One more token for a user (a new device, a lost one replaced); their other tokens stay valid."""
+    await checked_form(request)
+    with records_for(services, me) as records:
+        token = records.issue_token(user_id, label="issued in the admin pages")
+        name = records.session.get(User, user_id).name  # issue_token found the user, or answered 404
+    return _token_page(request, me, name, token, None)
+
+
+@router.post("/users/{user_id}/revoke")
+async def revoke_tokens(request: Request, user_id: int, me: AdminUser, services: Services) -> Response:
+    """Every token of a user revoked (their browser sessions too): refused from their next request."""
+    await checked_form(request)
+    with records_for(services, me) as records:
+        count = records.revoke_tokens(user_id)
+        name = records.session.get(User, user_id).name
+    return RedirectResponse(_done(f"{name}: {count} token(s) revoked"), status_code=303)
+
+
+@router.post("/care-teams")
+async def add_to_care_team(request: Request, me: AdminUser, services: Services) -> Response:
+    form = await checked_form(request)
+    physician_id, patient_id = _id_field(form, "physician_id"), _id_field(form, "patient_id")
+    with records_for(services, me) as records:
+        records.add_to_care_team(physician_id, patient_id)
+        physician = records.session.get(User, physician_id).name  # add_to_care_team found them
+    what = f"{physician} added to the care team of patient #{patient_id}"
+    return RedirectResponse(_done(what), status_code=303)
+
+
+@router.post("/care-teams/remove")
+async def remove_from_care_team(request: Request, me: AdminUser, services: Services) -> Response:
+    form = await checked_form(request)
+    physician_id, patient_id = _id_field(form, "physician_id"), _id_field(form, "patient_id")
+    with records_for(services, me) as records:
+        removed = records.remove_from_care_team(physician_id, patient_id)
+        found = records.session.get(User, physician_id)
+    physician = found.name if found is not None else f"user {physician_id}"
+    if not removed:
+        raise Problem(404, f"{physician} is not on the care team of patient #{patient_id}")
+    what = f"{physician} removed from the care team of patient #{patient_id}"
+    return RedirectResponse(_done(what), status_code=303)

@@ -38,7 +38,7 @@ def _consultation_id(value: str) -> str:
 def consultations(request: Request, me: PatientUser, services: Services) -> Response:
     with records_for(services, me) as records:
         own = records.patient_of_user(me.user_id)
-        rows: list[Consultation] = list(reversed(records.list_consultations(own.id))) if own else []
+        rows: list[Consultation] = consultation_routes.consultations_of(records, me, None)
         listed = [
             {"id": c.id, "created_at": c.created_at, "flag": c.flag, "closed": c.status.value != "open"}
             for c in rows

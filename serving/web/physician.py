@@ -3,10 +3,15 @@ study viewer (server-rendered slices, window presets, scrolling, zoom), the AI p
 the image with sign / correct, study upload, and a patient's history.
 
 Everything is read through the records (serving.turns.records_for): a study outside the physician's
-care team answers 404 and the attempt is audited there."""
+care team answers 404 and the attempt is audited there. Opening the viewer is the audited read of the
+study; its slice pictures carry a view ticket (bound to the session and the study) and are each checked
+against the policy again, but add no audit row of their own, so scrolling a series does not flood the
+log. A slice asked for without a valid ticket is audited like any read."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Annotated, Any
 
@@ -20,6 +25,8 @@ from memory.schema import CareTeamMember, Read, Role, Study
 from memory.users import Principal
 from serving.api.deps import Services
 from serving.api.routes import studies as study_routes
+from serving.api.routes.consultations import consultations_of
+from serving.auth import session_token
 from serving.problems import Problem
 from serving.turns import Upload, ingest_study, records_for, resume_review
 from serving.web import slices
@@ -44,7 +51,11 @@ def care_team(records: Records, physician_id: int) -> list[int]:
 
 def _read_view(read: Read) -> dict[str, Any]:
     provenance = read.provenance or {}
+    cited = provenance.get("slices_read") or []
     return {
+        "study_id": read.study_id,
+        # The slices a series read looked at (its draft cites them by these numbers).
+        "slices_read": [int(n) for n in cited if isinstance(n, int) and not isinstance(n, bool)],
         "id": read.id,
         "status": read.status.value,
         "ai_draft": read.ai_draft,
@@ -113,21 +124,42 @@ async def upload_study(request: Request, me: PhysicianUser, services: Services) 
     return RedirectResponse(f"{WEB_PREFIX}/physician/studies/{stored.id}", status_code=303)
 
 
-def _dicom_loader(services: Any, key: str):
-    return lambda: services.pixels.get(key)
+VIEW_KEY = b"healthagent web study view"
+
+
+def view_ticket(request: Request, study_id: int) -> str:
+    """What the viewer page gives its slice URLs: an HMAC of the study under the session token, so it
+    is worthless in another session (or once this one is revoked) and for another study."""
+    token = session_token(request) or ""
+    return hmac.new(token.encode(), VIEW_KEY + str(study_id).encode(), hashlib.sha256).hexdigest()
+
+
+def _within_view(request: Request, study_id: int, ticket: str | None) -> bool:
+    return bool(ticket) and hmac.compare_digest(view_ticket(request, study_id), ticket or "")
 
 
 @router.get("/studies/{study_id}")
-def viewer(request: Request, study_id: int, me: PhysicianUser, services: Services) -> Response:
+def viewer(
+    request: Request,
+    study_id: int,
+    me: PhysicianUser,
+    services: Services,
+    slice_number: int | None = Query(default=None, alias="slice", ge=1),
+) -> Response:
+    """The viewer: the study's audited read, its slices (every instance of a series), its reads.
+    ``?slice=`` opens it at a slice (the links a read gives to the slices it cites)."""
     with records_for(services, me) as records:
         study = records.get_study(study_id)
         patient = records.get_patient(study.patient_id)
         reads = [_read_view(r) for r in records.list_reads(study_id)]
-        dicom_key = (study.deidentified_metadata or {}).get("dicom_key")
+        shown = slices.slices_of(study.deidentified_metadata)
         modality, description = study.modality, study.description
-    decoded = slices.volume(dicom_key, _dicom_loader(services, dicom_key)) if dicom_key else None
+    fetch = services.pixels.get
+    count = shown.count(fetch) if shown else 0
+    file_window = shown.middle(fetch).window if shown else (0.0, 1.0)
     # Every preset's (centre, width), "default" being the file's own: where dragging starts from.
-    windows = {name: list(w or (decoded.window if decoded else (0, 1))) for name, w in slices.PRESETS.items()}
+    windows = {name: list(w or file_window) for name, w in slices.PRESETS.items()}
+    start = min(slice_number, count) if slice_number and count else (count + 1) // 2
     return page(
         request,
         "physician/viewer.html",
@@ -136,8 +168,11 @@ def viewer(request: Request, study_id: int, me: PhysicianUser, services: Service
             "id": study_id,
             "modality": modality or "?",
             "description": description,
-            "frames": decoded.frames if decoded else 0,
+            "frames": count,
+            "series": bool(shown and shown.series),
+            "start": start,
         },
+        view=view_ticket(request, study_id),
         windows=json.dumps(windows),
         patient={"id": patient.id, "name": patient.display_name},
         reads=reads,
@@ -148,6 +183,7 @@ def viewer(request: Request, study_id: int, me: PhysicianUser, services: Service
 
 @router.get("/studies/{study_id}/slices/{number}")
 def slice_png(
+    request: Request,
     study_id: int,
     number: int,
     me: PhysicianUser,
@@ -155,15 +191,21 @@ def slice_png(
     preset: str | None = None,
     c: float | None = Query(default=None),
     w: float | None = Query(default=None),
+    view: str | None = Query(default=None, max_length=128),
 ) -> Response:
-    """Slice ``number`` (from 1) as a PNG through the asked window. Read access is checked (and
-    audited) for each picture, like any other read of the study."""
+    """Slice ``number`` (from 1) as a PNG through the asked window. Access is checked for every
+    picture; within the viewer's view (its ticket) an allowed one adds no audit row, since opening
+    the viewer was audited; a refusal always does."""
     window = slices.parse_window(preset, c, w)
     with records_for(services, me) as records:
-        key = (records.get_study(study_id).deidentified_metadata or {}).get("dicom_key")
-    if not key:
+        if _within_view(request, study_id, view):
+            study = records.study_within_view(study_id)
+        else:
+            study = records.get_study(study_id)
+        shown = slices.slices_of(study.deidentified_metadata)
+    if shown is None:
         raise Problem(404, "this study has no stored DICOM")
-    picture = slices.render(slices.volume(key, _dicom_loader(services, key)), number - 1, window)
+    picture = slices.render_slice(shown, number, window, services.pixels.get)
     return Response(picture, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
@@ -198,7 +240,7 @@ def history(request: Request, patient_id: int, me: PhysicianUser, services: Serv
     with records_for(services, me) as records:
         patient = records.get_patient(patient_id)
         consultations = []
-        for c in reversed(records.list_consultations(patient_id)):
+        for c in consultations_of(records, me, patient_id):
             said = [m for m in records.list_messages(c.id) if m.author_role != "assistant"]
             consultations.append(
                 {

@@ -1,9 +1,12 @@
 """Slices of a stored study as PNG pictures, with the window the physician asked for.
 
-The study's de-identified DICOM (its ``dicom_key`` in the pixel store) is decoded once into modality
-values (e.g. Hounsfield units) and kept in a small cache, so scrolling and changing the window only
-re-map numbers. Presets are the usual CT windows; "default" is the file's own window, else a robust
-range of its values.
+A study's slices are the instances of its series (``series_keys``, one de-identified file each, in
+anatomical order: a series imported from the PACS or uploaded as several files), or else the frames of
+its one DICOM object (``dicom_key``). Slice numbers are those a read cites (``slices_read``). Each file
+is decoded once into modality values (e.g. Hounsfield units) and kept in a cache bounded by bytes, so
+scrolling and changing the window only re-map numbers. Presets are the usual CT windows; "default" is the
+file's own window (for a series, the middle instance's, so brightness holds while scrolling), else a
+robust range of its values.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,7 +33,9 @@ PRESETS: dict[str, tuple[float, float] | None] = {
     "bone": (300.0, 1500.0),
     "brain": (40.0, 80.0),
 }
-_CACHE_SIZE = 4
+# Decoded files kept for scrolling: a 512×512 CT slice is 1 MiB of float32, so a few hundred slices.
+_CACHE_BYTES = 256 * 1024 * 1024
+Fetch = Callable[[str], bytes]  # a pixel-store key → the file's bytes
 
 
 @dataclass(frozen=True)
@@ -48,18 +54,64 @@ _cache: OrderedDict[str, Volume] = OrderedDict()
 _lock = threading.Lock()
 
 
-def volume(key: str, load: Callable[[], bytes]) -> Volume:
-    """The decoded study under ``key`` (``load()`` gives its DICOM bytes on a miss)."""
+def volume(key: str, fetch: Fetch) -> Volume:
+    """The decoded file under ``key`` (``fetch(key)`` gives its DICOM bytes on a miss)."""
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    decoded = decode(load())
+    decoded = decode(fetch(key))
     with _lock:
         _cache[key] = decoded
-        while len(_cache) > _CACHE_SIZE:
+        # The least recently shown go first; the one just decoded always stays.
+        while len(_cache) > 1 and sum(v.values.nbytes for v in _cache.values()) > _CACHE_BYTES:
             _cache.popitem(last=False)
     return decoded
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Where a study's slices lie: one file per slice (a series), or the frames of one file."""
+
+    keys: tuple[str, ...]
+
+    @property
+    def series(self) -> bool:
+        return len(self.keys) > 1
+
+    def count(self, fetch: Fetch) -> int:
+        return len(self.keys) if self.series else volume(self.keys[0], fetch).frames
+
+    def middle(self, fetch: Fetch) -> Volume:
+        """The file whose window is the study's "default" one (a series: its middle instance)."""
+        return volume(self.keys[len(self.keys) // 2], fetch)
+
+    def locate(self, number: int, fetch: Fetch) -> tuple[Volume, int]:
+        """Slice ``number`` (from 1) as (decoded file, frame index)."""
+        if not self.series:
+            return volume(self.keys[0], fetch), number - 1
+        if not 1 <= number <= len(self.keys):
+            raise Problem(404, f"no slice {number} (the study has {len(self.keys)})")
+        instance = volume(self.keys[number - 1], fetch)
+        return instance, instance.frames // 2  # an instance is one slice: its middle frame if several
+
+
+def slices_of(metadata: dict[str, Any] | None) -> Slices | None:
+    """The slices of a study from its de-identified metadata; None when it holds no DICOM."""
+    metadata = metadata or {}
+    keys = [k for k in metadata.get("series_keys") or [] if isinstance(k, str)]
+    if len(keys) > 1:
+        return Slices(tuple(keys))
+    key = metadata.get("dicom_key")
+    return Slices((key,)) if isinstance(key, str) and key else None
+
+
+def render_slice(study: Slices, number: int, window: tuple[float, float] | None, fetch: Fetch) -> bytes:
+    """Slice ``number`` (from 1) as a PNG; a series without an asked window takes its middle's."""
+    decoded, frame = study.locate(number, fetch)
+    if window is None and study.series and not decoded.colour:
+        window = study.middle(fetch).window
+    return render(decoded, frame, window)
 
 
 def decode(data: bytes) -> Volume:

@@ -30,6 +30,7 @@ RECORDED = [
     ("/v1/admin/finetunes/{job_id}/cancel", "POST"),
     ("/v1/admin/finetunes/{job_id}/events", "GET"),
     ("/v1/chat", "POST"),
+    ("/v1/consultations", "GET"),  # issue 15: the caller's consultations, for the pages and clients
     ("/v1/consultations", "POST"),
     ("/v1/consultations/{consultation_id}", "GET"),
     ("/v1/consultations/{consultation_id}/messages", "POST"),
@@ -40,6 +41,10 @@ RECORDED = [
     ("/v1/reads/{read_id}/signoff", "POST"),
     ("/v1/studies", "POST"),
     ("/v1/studies/import", "POST"),  # issue 17: import a study from the PACS
+    # issue 17: images generated from a study, reviewed, and (accepted) sent back to the PACS
+    ("/v1/studies/{study_id}/images", "POST"),
+    ("/v1/studies/{study_id}/images/{image_id}", "GET"),
+    ("/v1/studies/{study_id}/images/{image_id}/review", "POST"),
     ("/v1/studies/{study_id}/reads", "POST"),
 ]
 

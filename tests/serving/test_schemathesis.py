@@ -28,6 +28,10 @@ from tests.serving.test_api_paths import RECORDED
 
 # Requests per operation, caller, mode (valid / invalid data) and ids (made up / real).
 MAX_EXAMPLES = 25
+# Operations that run the model's image generation (a whole VQ grid, seconds each on two cores): fewer
+# cases, and room for each to finish. Every role and mode still reaches them, on made-up and real ids.
+SLOW_OPERATIONS = {"POST /v1/studies/{study_id}/images": (3, 180.0)}
+FAST_CALL_TIMEOUT_S = 10.0
 ROLES = ("patient", "physician", "admin", "anonymous")
 
 
@@ -52,11 +56,16 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_model):
     study = upload_study(client, people.dr_doe, people.pam_patient_id).json()["id"]
     read = client.post(f"/v1/studies/{study}/reads", headers=auth(people.dr_doe)).json()["read_id"]
     job = client.post("/v1/admin/finetunes", json={"plugin": "comprehension"}, headers=auth(people.admin))
+    image = client.post(
+        f"/v1/studies/{study}/images", json={"task": "reconstruction"}, headers=auth(people.dr_doe)
+    )
+    assert image.status_code == 201, image.text
     real_ids = {
         "consultation_id": new_consultation(client, people.pam),
         "study_id": study,
         "read_id": read,
         "job_id": job.json()["id"],
+        "image_id": image.json()["id"],
         "plugin": "comprehension",
         "version": services.model.info().adapter_versions["comprehension"],
     }
@@ -67,12 +76,20 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_model):
     services.close()
 
 
-def _fuzz(strategy, token: str | None, label: str, statuses: Counter[int], failures: list[str]) -> None:
-    """Send ``MAX_EXAMPLES`` cases drawn from ``strategy``; count statuses, collect failed checks."""
+def _fuzz(
+    strategy,
+    token: str | None,
+    label: str,
+    statuses: Counter[int],
+    failures: list[str],
+    examples: int = MAX_EXAMPLES,
+    timeout_s: float = FAST_CALL_TIMEOUT_S,
+) -> None:
+    """Send ``examples`` cases drawn from ``strategy``; count statuses, collect failed checks."""
 
     @given(case=strategy)
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=examples,
         derandomize=True,
         deadline=None,
         database=None,
@@ -82,7 +99,7 @@ def _fuzz(strategy, token: str | None, label: str, statuses: Counter[int], failu
     def run(case) -> None:
         if token is not None:  # the role's own token, whatever header was generated
             case.headers = {**(case.headers or {}), **auth(token)}
-        response = case.call()
+        response = case.call(timeout=timeout_s)
         statuses[response.status_code] += 1
         try:
             case.validate_response(response, checks=CHECKS)
@@ -103,12 +120,13 @@ def test_no_operation_answers_5xx_or_off_schema(fuzzed, role: str) -> None:
     assert len(operations) == len(RECORDED), "every recorded API operation is fuzzed"
     for operation in operations:
         names = {p.name for p in operation.path_parameters}
+        examples, timeout_s = SLOW_OPERATIONS.get(operation.label, (MAX_EXAMPLES, FAST_CALL_TIMEOUT_S))
         for ids in [None] + ([{n: real_ids[n] for n in names}] if names else []):
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 strategy = operation.as_strategy(generation_mode=mode, path_parameters=ids)
                 label = f"{operation.label} ({mode}, {'real' if ids else 'generated'} ids)"
                 try:
-                    _fuzz(strategy, token, label, statuses, failures)
+                    _fuzz(strategy, token, label, statuses, failures, examples, timeout_s)
                 except Unsatisfiable:
                     assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no parameters, no body
     elapsed = time.perf_counter() - started

@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from memory.records import Records
-from memory.schema import Role
+from memory.schema import Consultation, Role
+from memory.users import Principal
 from serving.api.bodies import MESSAGE_BODY, check_message, read_body
 from serving.api.deps import Caller, RecordsSession, Services
 from serving.api.schemas import (
@@ -21,6 +22,7 @@ from serving.api.schemas import (
     THREAD_ID_PATTERN,
     ConsultationCreate,
     ConsultationOut,
+    ConsultationSummary,
     MessageOut,
     MessageRequest,
     TurnResponse,
@@ -51,6 +53,34 @@ def create_consultation(body: ConsultationCreate, principal: Caller, services: S
     consultation_id = open_consultation(services, principal, body.patient_id)
     with records_for(services, principal) as records:
         return consultation_out(records, consultation_id, with_messages=False)
+
+
+def consultations_of(records: Records, principal: Principal, patient_id: int | None) -> list[Consultation]:
+    """The consultations ``principal`` may list, newest first: a patient's own (``patient_id`` may only
+    name their own record), or one patient's for a physician of their care team. Admins see no patient
+    data (unless the ``admin_phi_access`` setting grants reading it). Every list is audited by the
+    records, and a patient outside the caller's reach answers 404 like a missing one."""
+    if principal.role is Role.admin and not records.admin_phi_access:
+        raise Problem(403, "administrators see no patients' consultations")
+    if principal.role is Role.patient and patient_id is None:
+        own = records.patient_of_user(principal.user_id)
+        if own is None:
+            return []
+        patient_id = own.id
+    if patient_id is None:
+        raise Problem(422, "patient_id: name the patient whose consultations to list")
+    return list(reversed(records.list_consultations(patient_id)))
+
+
+@router.get("", response_model=list[ConsultationSummary])
+def list_consultations(
+    principal: Caller,
+    records: RecordsSession,
+    patient_id: int | None = Query(default=None, ge=1, description="A patient of the caller's care team."),
+) -> list[ConsultationSummary]:
+    """The caller's consultations, newest first, without their messages: a patient's own; a physician's
+    for one patient of their care team (``?patient_id=``). Admins are refused (no patient data)."""
+    return [ConsultationSummary.model_validate(c) for c in consultations_of(records, principal, patient_id)]
 
 
 @router.get("/{consultation_id}", response_model=ConsultationOut)

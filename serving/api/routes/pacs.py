@@ -29,7 +29,7 @@ async def outbox_worker(app: FastAPI) -> AsyncIterator[None]:
     """One outbox worker per gateway replica, for the app's lifetime (none where no PACS is set)."""
     services = getattr(app.state, "services", None)
     sessions = getattr(services, "sessions", None)
-    worker = ReportOutbox(sessions, services.settings.pacs) if sessions is not None else None
+    worker = ReportOutbox(sessions, services.settings.pacs, services.pixels) if sessions is not None else None
     app.state.outbox = worker
     if worker is not None:
         worker.start()
@@ -48,7 +48,9 @@ def outbox_of(request: Request) -> ReportOutbox:
     worker = getattr(request.app.state, "outbox", None)
     if worker is None:
         services = request.app.state.services
-        worker = request.app.state.outbox = ReportOutbox(services.sessions, services.settings.pacs)
+        worker = request.app.state.outbox = ReportOutbox(
+            services.sessions, services.settings.pacs, services.pixels
+        )
     return worker
 
 

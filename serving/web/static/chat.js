@@ -79,7 +79,9 @@
     disclaimer.hidden = false;
     var provenance = node.querySelector(".provenance");
     var p = outcome.provenance;
-    provenance.textContent = p ? HA.fill(words.provenance, p) + (p.demo_weights ? " " + words.demo : "")
+    // Seconds to two decimals: the server's figure is exact, a person reads it at a glance.
+    var shown = p ? Object.assign({}, p, { seconds: Number(p.seconds || 0).toFixed(2) }) : null;
+    provenance.textContent = p ? HA.fill(words.provenance, shown) + (p.demo_weights ? " " + words.demo : "")
                                : words.ruleBased;
     provenance.hidden = false;
     var level = outcome.triage && outcome.triage.level;

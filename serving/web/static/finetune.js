@@ -10,6 +10,7 @@
   var ended = ["succeeded", "rejected", "failed", "cancelled"];
   var source = new EventSource(list.dataset.source);
   var seen = list.children.length;
+  list.scrollTop = list.scrollHeight;
   var replayed = 0;
 
   function handle(kind, event) {
@@ -20,6 +21,7 @@
     var item = document.createElement("li");
     item.textContent = kind + " " + event.data;
     list.appendChild(item);
+    list.scrollTop = list.scrollHeight;  // the box shows the newest events
     if (kind === "progress" && data.total_steps) {
       bar.max = data.total_steps;
       bar.value = data.step || 0;

@@ -13,13 +13,15 @@
   var base = controls.dataset.base;
   var frames = Number(controls.dataset.frames);
   var windows = JSON.parse(controls.dataset.windows);
+  // The page's view ticket: its slices are part of the view the server audited when it sent the page.
+  var view = "&view=" + encodeURIComponent(controls.dataset.view || "");
   var custom = null;  // [centre, width] while the window was dragged away from the preset
 
   function show() {
     var n = Number(slice.value);
     var query = custom ? "c=" + custom[0].toFixed(1) + "&w=" + custom[1].toFixed(1)
                        : "preset=" + encodeURIComponent(preset.value);
-    image.src = base + "/" + n + "?" + query;
+    image.src = base + "/" + n + "?" + query + view;
     image.alt = HA.fill(controls.dataset.alt, { n: n });
     label.textContent = HA.fill(controls.dataset.of, { n: n, count: frames });
   }
@@ -33,6 +35,18 @@
     zoom.value = String(Math.min(4, Math.max(1, value)));
     image.style.transform = "scale(" + zoom.value + ")";
   }
+
+  // A read's links to the slices it cites: on this page they move the viewer instead of reloading it.
+  document.querySelectorAll("a[data-slice]").forEach(function (link) {
+    if (link.pathname !== window.location.pathname) { return; }  // another study's read
+    link.addEventListener("click", function (event) {
+      var n = Math.min(frames, Math.max(1, Number(link.dataset.slice)));
+      slice.value = String(n);
+      show();
+      image.focus();
+      event.preventDefault();
+    });
+  });
 
   slice.addEventListener("input", show);
   preset.addEventListener("change", function () { custom = null; show(); });

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,9 @@ def _chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def web_app(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[WebApp]:
-    data = tmp_path_factory.mktemp("web")
-    client, services, people = open_api(data, f"sqlite:///{data / 'web.db'}", tiny_model)
+@contextmanager
+def serving(client) -> Iterator[str]:
+    """The app behind ``client`` served by uvicorn on a free loopback port, for the browser: its URL."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -56,11 +56,21 @@ def web_app(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[We
             pytest.fail("the web application did not start")
         time.sleep(0.05)
     try:
-        yield WebApp(f"http://127.0.0.1:{port}", people, services, client)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
         listener.close()
+
+
+@pytest.fixture(scope="module")
+def web_app(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[WebApp]:
+    data = tmp_path_factory.mktemp("web")
+    client, services, people = open_api(data, f"sqlite:///{data / 'web.db'}", tiny_model)
+    try:
+        with serving(client) as url:
+            yield WebApp(url, people, services, client)
+    finally:
         client.__exit__(None, None, None)
         services.close()
 

@@ -15,6 +15,8 @@ from tests.serving.web.conftest import shot, sign_in
 
 pytestmark = pytest.mark.browser
 RED_FLAG = "crushing chest pain spreading to my left arm, sweating, for 30 minutes"
+# Rated `urgent` (same day) by the triage rules: `healthagent triage --json "..."` says so.
+URGENT = "I think my ankle might be broken, it is swollen and I cannot walk on it"
 
 
 def open_chat(context, web_app):
@@ -63,6 +65,21 @@ def test_a_red_flag_shows_the_emergency_banner(context, web_app) -> None:
     shot(page, "patient-escalation")
     page.reload()
     assert page.get_by_test_id("escalation-banner").is_visible(), "an escalated consultation keeps its banner"
+
+
+def test_an_urgent_message_shows_the_same_day_banner(context, web_app) -> None:
+    from tools.triage.levels import ADVICE
+
+    page = open_chat(context, web_app)
+    response = send(page, URGENT)
+    assert response.ok
+    banner = page.get_by_test_id("urgent-banner")
+    banner.wait_for(state="visible")
+    assert ADVICE["urgent"]["en"] in banner.inner_text(), "the same-day advice of the triage"
+    assert banner.evaluate("b => b === document.activeElement"), "the banner takes the focus"
+    assert page.get_by_test_id("escalation-banner").count() == 0, "urgent is not an emergency"
+    assert page.get_by_test_id("chat-disclaimer").last.is_visible()
+    shot(page, "patient-urgent")
 
 
 def test_pictures_and_dicom_are_previewed_before_sending(context, web_app, tmp_path: Path) -> None:
