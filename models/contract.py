@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
 
     from models.spec import ModelSpec, PluginSpec
     from models.weights import LoadReport
@@ -61,10 +61,13 @@ class BatchModel(Protocol):
         embeds: torch.Tensor,
         mask: torch.Tensor,
         plugins: Sequence[str],
-        cache: DynamicCache | None,
+        cache: Cache | None,
         positions: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits ``[batch, length, vocab]`` of one step over the batch, extending ``cache`` if given."""
+        """Logits ``[batch, length, vocab]`` of one step over the batch, extending ``cache`` if given
+        (any transformers ``Cache``: the engine passes a :class:`models.kv_cache.SlotCache`); with
+        ``last_only``, of the last position only."""
         ...
 
     def next_token(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:

@@ -2,9 +2,13 @@
 
 Requests join the running batch between decode steps and leave it as soon as they finish; each row
 keeps its own plugin (H-LoRA routing, CLIP layer, projector, embedding tables), its own rotary positions
-and its own slice of the KV cache, left-padded to the batch's length and masked. Tokens stream out as
-they are decoded. The engine is framework-agnostic: the Ray Serve deployment and the in-process client
-both drive it. It uses only the model's public contract, :class:`models.contract.BatchModel`.
+and its own slot of a preallocated KV cache (:class:`models.kv_cache.SlotCache`): rows are right-aligned
+on one write column and masked on the left, so a join writes only the joiner's keys and values and a
+decode step only the new column. Joiners are prefilled as a group of their own, in chunks of
+``EngineLimits.prefill_chunk_tokens`` interleaved with decode steps of the running rows, so a long image
+prompt delays the running rows by at most one chunk per step. Tokens stream out as they are decoded.
+The engine is framework-agnostic: the Ray Serve deployment and the in-process client both drive it.
+It uses only the model's public contract, :class:`models.contract.BatchModel`.
 
 Adapter hot-swap: a plugin name the callers use ("comprehension") is an alias of a loaded plugin
 version ("comprehension@v2"). :meth:`BatchEngine.load_adapter` loads the new version beside the old one
@@ -23,10 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from models.contract import BatchModel, GenerationRequest
 from models.healthgpt import Answer
+from models.kv_cache import SlotCache
 from models.limits import EngineLimits
 from models.spec import PluginSpec
 
@@ -155,6 +159,23 @@ class _Row:
     position: int  # rotary position of next_token
 
 
+@dataclass
+class _Prefill:
+    """Joiners being prefilled together, a chunk of columns at a time, into a cache of their own."""
+
+    jobs: list[Job]
+    lengths: list[int]  # each prompt's tokens
+    embeds: torch.Tensor  # [rows, longest, hidden], left-padded
+    mask: torch.Tensor  # [rows, longest] bool
+    positions: torch.Tensor  # [rows, longest]
+    cache: SlotCache
+    done: int = 0  # columns already through the model
+
+    @property
+    def width(self) -> int:
+        return self.embeds.shape[1]
+
+
 class BatchEngine:
     """Owns the model's decode loop in one background thread. Thread-safe ``submit``/``load_adapter``."""
 
@@ -162,11 +183,11 @@ class BatchEngine:
         self.model = model
         self.limits = limits or EngineLimits()
         self._waiting: deque[Job] = deque()
-        self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None
-        # The engine's own lock: guards the queue, the aliases and ``_closed``. Rows, cache and mask belong
-        # to the loop thread alone; the model serialises its forward passes itself.
+        self._rows: list[_Row] = []  # row i decodes in slot i of ``_cache``
+        self._cache: SlotCache | None = None  # kept between bursts: its buffers are reused
+        self._prefill: _Prefill | None = None  # joiners part-way through their prompts
+        # The engine's own lock: guards the queue, the aliases and ``_closed``. Rows, caches and the
+        # prefill belong to the loop thread alone; the model serialises its forward passes itself.
         self._cond = threading.Condition()
         self._closed = False
         version = model.spec.adapter_version
@@ -254,7 +275,9 @@ class BatchEngine:
 
     @property
     def active(self) -> int:
-        return len(self._rows)
+        """Rows decoding or being prefilled."""
+        prefill = self._prefill
+        return len(self._rows) + (len(prefill.jobs) if prefill is not None else 0)
 
     def close(self, timeout_s: float = 10.0) -> None:
         with self._cond:
@@ -279,12 +302,17 @@ class BatchEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._rows:
+                while not self._closed and not self._waiting and not self._rows and not self._prefill:
                     self._cond.wait()
-                if self._closed and not self._rows:
+                if self._closed and not self._rows and not self._prefill:
                     return
                 joiners = []
-                while self._waiting and len(self._rows) + len(joiners) < self.limits.max_batch:
+                # One prefill group at a time: later arrivals form the next group once it has joined.
+                while (
+                    self._prefill is None
+                    and self._waiting
+                    and len(self._rows) + len(joiners) < self.limits.max_batch
+                ):
                     job = self._waiting.popleft()
                     job.plugin_key, job.adapter_version = self._aliases[job.request.plugin]
                     joiners.append(job)
@@ -292,18 +320,29 @@ class BatchEngine:
                 with torch.no_grad():
                     self._drop_finished_jobs()
                     if joiners:
-                        self._prefill(joiners)
+                        self._start_prefill(joiners)
+                    # One chunk per step while rows decode (they wait at most one chunk); with none
+                    # decoding nobody waits, so the whole prompt goes through, still chunk by chunk.
+                    while self._prefill is not None:
+                        self._prefill_chunk()
+                        if self._rows:
+                            break
                     if self._rows:
                         self._decode_step()
                 self.steps += 1
             except Exception as exc:  # a failed step fails its rows, never the engine
                 log.exception("engine step failed")
-                for row in self._rows:
-                    row.job._finish(None, EngineError(f"generation failed: {exc}"))
-                self._rows, self._cache, self._mask = [], None, None
+                failed = [row.job for row in self._rows]
+                if self._prefill is not None:
+                    failed += self._prefill.jobs
+                for job in failed:
+                    if not job.done:
+                        job._finish(None, EngineError(f"generation failed: {exc}"))
+                self._rows, self._cache, self._prefill = [], None, None
             self._free_retired_plugins()
 
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _start_prefill(self, jobs: list[Job]) -> None:
+        """Embed the joiners' prompts (the vision tower runs here) and set them up to prefill."""
         model = self.model
         embeddings, accepted = [], []
         for job in jobs:
@@ -329,25 +368,70 @@ class BatchEngine:
             accepted.append(job)
         if not accepted:
             return
+        # Longest first: a chunk that is all padding for the shorter prompts runs without them (they
+        # are the last rows), so a group of mixed lengths wastes at most a chunk per row on padding.
+        order = sorted(range(len(accepted)), key=lambda i: -embeddings[i].shape[0])
+        accepted, embeddings = [accepted[i] for i in order], [embeddings[i] for i in order]
         embeds, mask, positions = model.left_padded(embeddings)
-        cache = DynamicCache()
-        plugins = [job.plugin_key for job in accepted]
-        logits = model.forward(embeds, mask, plugins, cache, positions)[:, -1]
-        new_rows = [_Row(job, -1, int(e.shape[0])) for job, e in zip(accepted, embeddings, strict=True)]
-        keep = self._emit(new_rows, logits)
-        cache, mask = _select(cache, mask, keep)
-        new_rows = [new_rows[i] for i in keep]
-        if new_rows:
-            self._merge(new_rows, cache, mask)
+        width = embeds.shape[1]
+        self._prefill = _Prefill(
+            jobs=accepted,
+            lengths=[int(e.shape[0]) for e in embeddings],
+            embeds=embeds,
+            mask=mask.bool(),
+            positions=positions,
+            # Exactly the prompt's width: its own small cache, written once per chunk, never regridded.
+            cache=SlotCache(slots=len(accepted), rows=len(accepted), capacity=width, block=width),
+        )
+
+    def _prefill_chunk(self) -> None:
+        """Run the next chunk of the prefilling group; after its last chunk its rows choose their first
+        tokens and move into free slots of the running cache (copying only their own keys and values)."""
+        prefill = self._prefill
+        assert prefill is not None
+        if all(job.cancelled for job in prefill.jobs):  # nobody is waiting for the rest of the prompt
+            for job in prefill.jobs:
+                job._finish(None, RequestCancelled("cancelled"))
+            self._prefill = None
+            return
+        chunk = self.limits.prefill_chunk_tokens or prefill.width
+        first, last = prefill.done, min(prefill.done + chunk, prefill.width)
+        # Rows whose prompt starts before ``last`` (a prefix: the group is sorted longest first).
+        rows = sum(1 for length in prefill.lengths if prefill.width - length < last)
+        plugins = [job.plugin_key for job in prefill.jobs[:rows]]
+        mask = prefill.cache.begin(prefill.mask[:rows, first:last])
+        logits = self.model.forward(
+            prefill.embeds[:rows, first:last],
+            mask,
+            plugins,
+            prefill.cache,
+            prefill.positions[:rows, first:last],
+            last_only=True,
+        )
+        prefill.cache.commit()
+        prefill.done = last
+        if last < prefill.width:
+            return
+        self._prefill = None
+        new_rows = [_Row(job, -1, length) for job, length in zip(prefill.jobs, prefill.lengths, strict=True)]
+        keep = self._emit(new_rows, logits[:, -1])
+        if not keep:
+            return
+        if self._cache is None:
+            self._cache = SlotCache(slots=self.limits.max_batch, block=self.limits.kv_block_tokens)
+        self._cache.adopt(prefill.cache, keep)
+        self._rows += [new_rows[i] for i in keep]
 
     def _decode_step(self) -> None:
         model = self.model
+        cache = self._cache
+        assert cache is not None
         plugins = [row.job.plugin_key for row in self._rows]
         step = model.embed_step([row.next_token for row in self._rows], plugins)
-        assert self._mask is not None and self._cache is not None
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+        mask = cache.begin(None, device=model.device)
         positions = torch.tensor([[row.position] for row in self._rows], device=model.device)
-        logits = model.forward(step, self._mask, plugins, self._cache, positions)[:, -1]
+        logits = model.forward(step, mask, plugins, cache, positions, last_only=True)[:, -1]
+        cache.commit()
         for row in self._rows:
             row.position += 1
         self._retain(self._emit(self._rows, logits))
@@ -414,20 +498,6 @@ class BatchEngine:
             adapter_version=job.adapter_version,
         )
 
-    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        if self._cache is None or self._mask is None:
-            self._cache, self._mask, self._rows = cache, mask, rows
-            return
-        length = max(self._mask.shape[1], mask.shape[1])
-        merged = DynamicCache()
-        for index, (old, new) in enumerate(zip(self._cache.layers, cache.layers, strict=True)):
-            keys = torch.cat([_left_pad(old.keys, length), _left_pad(new.keys, length)], dim=0)
-            values = torch.cat([_left_pad(old.values, length), _left_pad(new.values, length)], dim=0)
-            merged.update(keys, values, index)
-        self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)], dim=0)
-        self._cache = merged
-        self._rows = self._rows + rows
-
     def _drop_finished_jobs(self) -> None:
         """Rows whose client went away (cancelled) leave before the next step is computed."""
         for row in self._rows:
@@ -436,13 +506,12 @@ class BatchEngine:
         self._retain([i for i, row in enumerate(self._rows) if not row.job.cancelled])
 
     def _retain(self, keep: list[int]) -> None:
-        """Keep only the rows at ``keep`` (and their slices of the KV cache and mask)."""
-        if len(keep) == len(self._rows) or self._cache is None or self._mask is None:
+        """Keep only the rows at ``keep``; the cache refills vacated slots from the end, so the rows are
+        reordered to follow their slots."""
+        if len(keep) == len(self._rows) or self._cache is None:
             return
-        self._cache, self._mask = _select(self._cache, self._mask, keep)
-        self._rows = [self._rows[i] for i in keep]
-        if not self._rows:
-            self._cache = self._mask = None
+        order = self._cache.retain(keep)
+        self._rows = [self._rows[i] for i in order]
 
     def _free_retired_plugins(self) -> None:
         if not self._retiring:
@@ -454,32 +523,3 @@ class BatchEngine:
                     self._retiring.discard(key)
                     if "@" in key:  # versions loaded at runtime are freed; the spec's own stay resident
                         self.model.remove_plugin(key)
-
-
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Pad the sequence axis (-2 for K/V ``[b, h, t, d]``, -1 for masks ``[b, t]``) on the left."""
-    axis = -1 if tensor.dim() == 2 else -2
-    missing = length - tensor.shape[axis]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[axis] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
-
-
-def _select(cache: DynamicCache, mask: torch.Tensor, keep: list[int]) -> tuple[DynamicCache, torch.Tensor]:
-    """Keep only ``keep`` rows, and drop leading columns no remaining row attends to."""
-    index = torch.tensor(keep, dtype=torch.long, device=mask.device)
-    mask = mask.index_select(0, index)
-    start = 0
-    if len(keep):
-        real = mask.sum(0) > 0
-        start = int(real.nonzero()[0]) if bool(real.any()) else mask.shape[1]
-    selected = DynamicCache()
-    for layer_index, layer in enumerate(cache.layers):
-        selected.update(
-            layer.keys.index_select(0, index)[:, :, start:],
-            layer.values.index_select(0, index)[:, :, start:],
-            layer_index,
-        )
-    return selected, mask[:, start:]

@@ -13,12 +13,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, CLIPImageProcessorPil, CLIPVisionModel, DynamicCache
+from transformers.cache_utils import Cache
 
 from models.contract import GenerationRequest
 from models.hlora import HLoRALinear, Routing, wrap_linears
@@ -35,6 +37,17 @@ HLORA_TARGETS: dict[str, set[str]] = {
 IMAGE_TOKEN_INDEX = -200  # the official placeholder id where image features are spliced in
 START_INDEX, END_INDEX, PIXEL_NEWLINE = "<start_index>", "<end_index>", "<pixel_newline>"
 EMBED_KEY, HEAD_KEY = "model.embed_tokens.weight", "lm_head.weight"
+Attention = Literal["auto", "eager", "sdpa"]
+
+
+def attention_for(attention: Attention, dtype: torch.dtype, device: torch.device) -> str:
+    """The attention kernel: ``auto`` keeps eager attention for float32 on CPU, the configuration the
+    official parity fixtures were recorded in (eager is the official code's kernel), and uses PyTorch's
+    fused SDPA elsewhere (GPU, half precision), where eager's materialised score matrix costs memory
+    bandwidth and nothing is compared bit for bit."""
+    if attention != "auto":
+        return attention
+    return "eager" if dtype == torch.float32 and device.type == "cpu" else "sdpa"
 
 
 def vq_token_names(count: int) -> list[str]:
@@ -92,17 +105,22 @@ class HealthGPT:
     :meth:`generate` is the reference decode loop over the same methods.
     """
 
-    def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, spec: ModelSpec, device: str | torch.device = "cpu", attention: Attention = "auto"
+    ) -> None:
         self.spec = spec.model_copy(deep=True)  # our own: plugins loaded at runtime are added to it
         self.device = torch.device(device)
+        # The spec's dtype as given, on every device: bfloat16/float16 weights run in half precision on a
+        # GPU (only log-probabilities are taken in float32).
         self.dtype = getattr(torch, spec.dtype)
+        self.attention = attention_for(attention, self.dtype, self.device)
         self.template = get_template(spec.template)
         for path in (spec.backbone, spec.vision_tower):
             if not path.is_dir():
                 raise FileNotFoundError(f"model folder not found: {path}")
         self.tokenizer: Tokenizer = load_tokenizer(spec.backbone)
         self.llm = AutoModelForCausalLM.from_pretrained(
-            spec.backbone, dtype=self.dtype, attn_implementation="eager"
+            spec.backbone, dtype=self.dtype, attn_implementation=self.attention
         )
         arch = self.llm.config.model_type
         if arch not in HLORA_TARGETS:
@@ -110,7 +128,7 @@ class HealthGPT:
         if spec.template != "qwen_2":  # the official Qwen path adds no VQ tokens
             self._add_vq_tokens(spec.vq_tokens)
         self.vision = CLIPVisionModel.from_pretrained(
-            spec.vision_tower, dtype=self.dtype, attn_implementation="eager"
+            spec.vision_tower, dtype=self.dtype, attn_implementation=self.attention
         )
         # The PIL processor is the official path (bicubic PIL resize); it needs no torchvision.
         self.image_processor = CLIPImageProcessorPil.from_pretrained(spec.vision_tower)
@@ -389,18 +407,30 @@ class HealthGPT:
         heads = [self.overrides.get(p, {}).get(HEAD_KEY, base) for p in plugins]
         if all(head is heads[0] for head in heads):
             return F.linear(hidden, heads[0])
-        return torch.stack([F.linear(row, head) for row, head in zip(hidden, heads, strict=True)])
+        # One product per distinct head over its rows: the head is the largest weight a decode step reads
+        # (40k x 3072 at M3), so reading it once per row would multiply the step's memory traffic.
+        by_head: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        for i, head in enumerate(heads):
+            by_head.setdefault(id(head), (head, []))[1].append(i)
+        logits = hidden.new_empty(*hidden.shape[:-1], base.shape[0])
+        for head, rows in by_head.values():
+            index = torch.tensor(rows, device=hidden.device)
+            logits[index] = F.linear(hidden.index_select(0, index), head)
+        return logits
 
     def forward(
         self,
         embeds: torch.Tensor,
         mask: torch.Tensor,
         plugins: Sequence[str],
-        cache: DynamicCache | None,
+        cache: Cache | None,
         positions: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits ``[batch, length, vocab]`` of one step over the batch (a prompt, or one new token per
-        row), each row through its plugin; extends ``cache`` when one is given. Thread-safe."""
+        row), each row through its plugin; extends ``cache`` when one is given. ``last_only``: logits of
+        the last position only (``[batch, 1, vocab]``) — a prompt's other positions are never sampled, and
+        at a 40k vocabulary their logits would dwarf the activations. Thread-safe."""
         with self._routing_lock, self._routed(plugins):
             out = self.llm.model(
                 inputs_embeds=embeds,
@@ -409,7 +439,8 @@ class HealthGPT:
                 past_key_values=cache,
                 use_cache=cache is not None,
             )
-        return self._logits(out.last_hidden_state, plugins)
+        hidden = out.last_hidden_state[:, -1:] if last_only else out.last_hidden_state
+        return self._logits(hidden, plugins)
 
     # -- public API ---------------------------------------------------------------------------------
     def _check(self, plugin: str, max_new_tokens: int, stop: Sequence[str] = ()) -> None:

@@ -16,3 +16,13 @@ class EngineLimits(BaseModel):
     max_prompt_tokens: int = Field(default=4096, ge=16)
     max_new_tokens: int = Field(default=1024, ge=1, description="Cap on generated text tokens.")
     request_timeout_s: float = Field(default=300.0, gt=0)
+    prefill_chunk_tokens: int | None = Field(
+        default=256,
+        ge=16,
+        description="Joining prompts are prefilled this many positions at a time (per joining row: a "
+        "group of k joiners runs up to k times as many tokens), between decode steps of the running rows, "
+        "which then wait at most one chunk per step; None prefills a prompt in one pass.",
+    )
+    kv_block_tokens: int = Field(
+        default=256, ge=16, description="The KV cache grows by whole blocks of this many columns."
+    )

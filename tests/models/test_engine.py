@@ -1,16 +1,20 @@
-"""The continuous-batching engine on the tiny model: batched = single, streaming, limits, hot-swap."""
+"""The continuous-batching engine on the tiny model: batched = single, streaming, limits, hot-swap, the
+slot KV cache (a join copies no running row) and chunked prefill (same tokens; running rows keep going)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from models.contract import BatchModel, GenerationRequest
 from models.engine import BatchEngine, InvalidRequest, QueueFull, RequestCancelled
 from models.healthgpt import HealthGPT
+from models.kv_cache import SlotCache
 from models.limits import EngineLimits
 from models.spec import ModelSpec
 from models.tiny import build_tiny
@@ -181,3 +185,127 @@ def _check_hot_swap(engine: BatchEngine, tiny_model: HealthGPT, tmp_path: Path) 
     while "comprehension@v2" in tiny_model.spec.plugins and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "comprehension@v2" not in tiny_model.spec.plugins and "comprehension@v3" in tiny_model.spec.plugins
+
+
+class _Recorder(_ContractOnly):
+    """The model, with each forward pass recorded: rows, columns, and the cache buffer it wrote into."""
+
+    def __init__(self, model: HealthGPT) -> None:
+        super().__init__(model)
+        self.calls: list[tuple[int, int, int | None, int]] = []
+
+    def forward(self, embeds, mask, plugins, cache, positions, last_only=False):  # type: ignore[no-untyped-def]
+        logits = self._model.forward(embeds, mask, plugins, cache, positions, last_only=last_only)
+        layers = cache.slot_layers if isinstance(cache, SlotCache) else []
+        pointer = layers[0].key_buffer.data_ptr() if layers else None
+        self.calls.append((embeds.shape[0], embeds.shape[1], pointer, getattr(cache, "regrids", 0)))
+        return logits
+
+
+def test_a_join_writes_only_the_joiner_into_the_running_cache(tiny_model: HealthGPT) -> None:
+    recorder = _Recorder(tiny_model)
+    engine = BatchEngine(recorder, EngineLimits(max_batch=4, prefill_chunk_tokens=None))  # type: ignore[arg-type]
+    try:
+        long = GenerationRequest("Describe every finding in detail.", _image(10), max_new_tokens=30)
+        first = engine.submit(long)
+        stream = first.tokens(timeout_s=60)
+        next(stream), next(stream)
+        late = GenerationRequest("Any effusion?", None, "generation", max_new_tokens=5)
+        assert engine.submit(late).result(60).token_ids == _single(tiny_model, late)
+        assert first.result(60).token_ids == _single(tiny_model, long)
+    finally:
+        engine.close()
+    decodes = [call for call in recorder.calls if call[1] == 1]
+    assert {rows for rows, *_ in decodes} == {1, 2}, "the second request joined the running batch"
+    # Every decode step, before and after the join, wrote into the same buffers, never regridded.
+    assert len({pointer for _, _, pointer, _ in decodes}) == 1
+    assert {regrids for *_, regrids in decodes} == {0}
+
+
+def test_chunked_prefill_gives_the_tokens_of_a_single_pass(tiny_model: HealthGPT) -> None:
+    recorder = _Recorder(tiny_model)
+    engine = BatchEngine(recorder, EngineLimits(max_batch=4, prefill_chunk_tokens=16))  # type: ignore[arg-type]
+    try:
+        requests = [
+            GenerationRequest(q, _image(50 * i) if i % 2 == 0 else None, plugin, max_new_tokens=8)
+            for i, (q, plugin) in enumerate(zip(QUESTIONS, ["comprehension", "generation"] * 2, strict=True))
+        ]
+        jobs = [engine.submit(r) for r in requests]
+        for request, job in zip(requests, jobs, strict=True):
+            answer = job.result(60)
+            assert answer.prompt_tokens > 16  # the prompt really went through in several chunks
+            assert answer.token_ids == _single(tiny_model, request)
+    finally:
+        engine.close()
+    assert any(columns == 16 for _, columns, _, _ in recorder.calls)
+    assert all(columns <= 16 for _, columns, _, _ in recorder.calls)
+
+
+def test_a_long_prompt_joining_delays_running_rows_by_one_chunk_per_step(tiny_model: HealthGPT) -> None:
+    recorder = _Recorder(tiny_model)
+    engine = BatchEngine(recorder, EngineLimits(max_batch=4, prefill_chunk_tokens=16))  # type: ignore[arg-type]
+    try:
+        running = GenerationRequest("Any effusion?", None, "generation", max_new_tokens=60)
+        first = engine.submit(running)
+        stream = first.tokens(timeout_s=60)
+        next(stream), next(stream)
+        started = len(recorder.calls)
+        long = GenerationRequest("Describe every finding in detail. " * 4, _image(70), max_new_tokens=4)
+        joined = engine.submit(long)
+        assert joined.result(60).token_ids == _single(tiny_model, long)
+        assert first.result(60).token_ids == _single(tiny_model, running)
+    finally:
+        engine.close()
+    calls = recorder.calls[started:]
+    chunks = [i for i, (_, columns, _, _) in enumerate(calls) if columns > 1]
+    assert len(chunks) >= 3, "the long prompt was prefilled in several chunks"
+    # While the joiner's chunks ran, the running row decoded between every two of them.
+    for before, after in itertools.pairwise(chunks):
+        assert after - before == 2 and calls[before + 1][:2] == (1, 1)
+
+
+def test_the_slot_cache_moves_only_what_changes() -> None:
+    heads, dim = 2, 3
+
+    def prefill(rows: int, width: int, seed: int, real: list[int]) -> SlotCache:
+        cache = SlotCache(slots=rows, rows=rows, capacity=width, block=width)
+        columns = torch.zeros(rows, width, dtype=torch.bool)
+        for i, length in enumerate(real):
+            columns[i, width - length :] = True
+        cache.begin(columns)
+        values = torch.randn(rows, heads, width, dim, generator=torch.Generator().manual_seed(seed))
+        cache.update(values, -values, 0)
+        cache.commit()
+        return cache
+
+    main = SlotCache(slots=3, block=16)
+    main.adopt(prefill(1, 5, 0, [5]), [0])
+    layer = main.slot_layers[0]
+    pointer = layer.key_buffer.data_ptr()
+    for _ in range(3):  # decode steps write one column each
+        mask = main.begin(None)
+        keys, _ = main.update(torch.ones(1, heads, 1, dim), torch.ones(1, heads, 1, dim), 0)
+        main.commit()
+        assert mask.shape == (1, keys.shape[2])
+    first_row = layer.key_buffer[0, :, main.start : main.end].clone()
+    # A 4-token joiner (2 rows prefilled, the second cancelled) lands in slot 1, right-aligned.
+    joiner = prefill(2, 4, 1, [4, 2])
+    main.adopt(joiner, [0])
+    assert (main.rows, layer.key_buffer.data_ptr(), main.regrids) == (2, pointer, 0)
+    assert torch.equal(layer.key_buffer[0, :, main.start : main.end], first_row)
+    assert torch.equal(layer.key_buffer[1, :, main.end - 4 : main.end], joiner.slot_layers[0].key_buffer[0])
+    mask = main.begin(None)
+    assert mask.tolist() == [[True] * 9, [False] * 4 + [True] * 5]
+    main.update(torch.zeros(2, heads, 1, dim), torch.zeros(2, heads, 1, dim), 0)
+    main.commit()
+    # The first row leaves: the joiner's row moves into slot 0; the columns only it needed are dropped.
+    joined_row = layer.key_buffer[1, :, main.end - 5 : main.end].clone()
+    assert main.retain([1]) == [1]
+    assert main.length == 5 and torch.equal(layer.key_buffer[0, :, main.start : main.end], joined_row)
+    # Past the buffer's end the live window is copied once into bigger buffers, values kept.
+    for _ in range(40):
+        main.begin(None)
+        main.update(torch.ones(1, heads, 1, dim), torch.ones(1, heads, 1, dim), 0)
+        main.commit()
+    assert main.regrids >= 1 and main.length == 45
+    assert torch.equal(main.slot_layers[0].key_buffer[0, :, main.start : main.start + 5], joined_row)
