@@ -3,7 +3,7 @@ state) and the intake of a turn's uploads; the rest of the package is internal."
 
 from agents.budget import MessageTooLong, check_message
 from agents.context import TurnContext
-from agents.graph import build_graph
+from agents.graph import build_graph, start_screen
 from agents.intake import (
     Intake,
     StoredStudy,
@@ -30,6 +30,7 @@ __all__ = [
     "UploadRejected",
     "build_graph",
     "check_message",
+    "start_screen",
     "take_series",
     "take_study",
     "take_uploads",

@@ -14,7 +14,7 @@ from typing import Protocol
 from memory.pixels import PixelStore
 from memory.records import Records
 from tools.healthgpt import HealthGPTClient
-from tools.specialists import SpecialistsClient
+from tools.specialists import PendingScreen, Screening, SpecialistsClient
 
 
 class FineTunes(Protocol):
@@ -37,6 +37,9 @@ class TurnContext:
     client: HealthGPTClient | None = None
     specialists: SpecialistsClient | None = None
     finetunes: FineTunes | None = None  # admins' turns only, where the gateway runs fine-tunes
+    # The screen of this turn's message, sent to a remote specialists deployment before the graph ran
+    # (serving.turns): the safety step takes it instead of screening the same text again.
+    screening: PendingScreen | None = None
 
     def with_tools(self, client: HealthGPTClient, specialists: SpecialistsClient) -> TurnContext:
         """This context, with the given clients where it names none."""
@@ -55,6 +58,13 @@ class TurnContext:
         if self.specialists is None:
             raise RuntimeError("this turn has no specialist models (TurnContext.specialists)")
         return self.specialists
+
+    def screen(self, text: str) -> Screening:
+        """The screening of ``text``: the one started ahead for it, else screened now."""
+        ahead = self.screening
+        if ahead is not None and ahead.text == text:
+            return ahead.result()
+        return self.screens().screen(text)
 
     def open_records(self) -> AbstractContextManager[Records]:
         if self.records is None:

@@ -8,6 +8,7 @@ in agents.nodes, the state in agents.state, the runtime context in agents.contex
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,9 +22,9 @@ from agents.context import TurnContext
 from agents.routing import Route
 from agents.state import ChatState, InputState
 from tools.healthgpt import HealthGPTClient
-from tools.specialists import InProcessSpecialists, SpecialistsClient
+from tools.specialists import InProcessSpecialists, PendingScreen, SpecialistsClient, screen_ahead
 
-__all__ = ["TurnContext", "build_graph"]
+__all__ = ["TurnContext", "build_graph", "start_screen"]
 
 Node = Callable[..., ChatState]
 NODES: dict[str, Node] = {
@@ -66,7 +67,21 @@ def build_graph(
         graph.add_edge(name, "compose")
     graph.add_edge("compose", "post_check")
     graph.add_edge("post_check", END)
-    return graph.compile(checkpointer=checkpointer)
+    compiled = graph.compile(checkpointer=checkpointer)
+    _SPECIALISTS[compiled] = specialists
+    return compiled
+
+
+# The specialists each compiled graph screens with, for callers that start a turn's screen early.
+_SPECIALISTS: weakref.WeakKeyDictionary[CompiledStateGraph, SpecialistsClient] = weakref.WeakKeyDictionary()
+
+
+def start_screen(graph: Any, text: str) -> PendingScreen | None:
+    """Send ``text`` to ``graph``'s specialists now when they are remote (tools.specialists.screen_ahead),
+    so the screen runs while the caller does its own work; hand it to the turn as
+    ``TurnContext.screening``. None otherwise: the safety step then screens as usual."""
+    specialists = _SPECIALISTS.get(graph)
+    return screen_ahead(specialists, text) if specialists is not None else None
 
 
 def _with_tools(node: Node, client: HealthGPTClient, specialists: SpecialistsClient) -> Node:

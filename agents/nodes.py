@@ -49,7 +49,7 @@ def intake(state: ChatState) -> ChatState:
 
 def safety_screen(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     text = state["messages"][-1]["content"]
-    screening = runtime.context.screens().screen(text)
+    screening = runtime.context.screen(text)
     # An explicit API request (second read, image task) outranks the intent: the route table decides.
     return {
         "triage": screening.triage.model_dump(),

@@ -7,6 +7,11 @@ safety screen, route, compose, post-check) with the tiny model in-process. Every
 where it happens (a wrapper around the client that only measures), and that time is subtracted from the
 turn's wall time: what is left is what the agent itself costs per turn. Reported: p50 / p99 over the
 turns, first turns excluded as warm-up. Goal: <= 25 ms p50 on the 2-core development machine.
+
+Torch runs single-threaded here by default (``--torch-threads 1``), as in the deployment: Ray gives the
+Specialists replica (``num_cpus=0.5``) ``OMP_NUM_THREADS=1``. Two intra-op threads for one short sentence
+make every MiniLM layer wait for a second core that the database and the turn's own thread are using; the
+JSON records the setting, and ``--torch-threads 0`` keeps torch's default (one per core).
 """
 
 from __future__ import annotations
@@ -98,12 +103,27 @@ class EncoderTimer:
         embeddings._encode = timed
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/agent-overhead.json"))
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="torch intra-op threads (0: torch's default)"
+    )
     args = parser.parse_args()
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    # Other work on the machine moves these figures a lot on 2 cores: the load is recorded with them.
+    load_at_start = round(os.getloadavg()[0], 2)
     base = os.environ.get("TEST_DATABASE_URL")
     if not base:
         sys.exit("set TEST_DATABASE_URL to a PostgreSQL database (the checkpointer under test)")
@@ -151,6 +171,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
+        "torch_threads": torch_threads(),
+        "load_average_1min_at_start": load_at_start,
         "turns": len(overheads),
         "overhead_ms": {
             "p50": round(1000 * statistics.median(overheads), 2),

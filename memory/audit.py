@@ -1,7 +1,9 @@
 """The audit log: append-only, each row hashing the previous one, so any edit or deletion shows.
 
 Appends are serialised by updating the single ``audit_head`` row first: PostgreSQL row-locks it until
-commit, SQLite takes its write lock, so two writers can never chain onto the same tip.
+commit, SQLite takes its write lock, so two writers can never chain onto the same tip. A transaction
+locks and reads the head once (one ``UPDATE … RETURNING``); its further rows chain onto the tip it holds,
+and the head's new position is written with the rows at the next flush.
 """
 
 from __future__ import annotations
@@ -69,12 +71,13 @@ def append(
     outcome: str = "allowed",
     detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    """Add one row in the caller's transaction (so it commits, or not, with what it records)."""
+    """Add one row in the caller's transaction (so it commits, or not, with what it records); it is
+    written at the transaction's next flush."""
     request_id = REQUEST_ID.get()
     if request_id is not None:
         detail = {**(detail or {}), "request_id": request_id}
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    seq, prev_hash = _head(session)
+    head = _locked_head(session)
+    seq, prev_hash = head.seq + 1, head.row_hash
     entry = AuditEntry(
         seq=seq,
         at=utcnow(),
@@ -90,10 +93,36 @@ def append(
         row_hash="",
     )
     entry.row_hash = row_digest(prev_hash, entry)
+    # The head is a row of this session: the next flush (the caller's own, a query's autoflush, or the
+    # commit) inserts the entries and moves the head together, in as few statements as the rows allow.
+    head.seq, head.row_hash = seq, entry.row_hash
     session.add(entry)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(row_hash=entry.row_hash))
-    session.flush()
     return entry
+
+
+# session.info key: (the root transaction that locked the head, the head row as that transaction sees it)
+_HELD_HEAD = "audit_head_held"
+
+
+def _locked_head(session: Session) -> AuditHead:
+    """The chain head, locked by this session's transaction: the first append of a transaction takes the
+    lock with a no-op ``UPDATE`` that returns the row (one round trip for lock and read); later appends
+    of the same transaction reuse the row, which the lock keeps current. A new transaction (after a
+    commit or rollback) locks again."""
+    root = session.get_transaction()
+    held = session.info.get(_HELD_HEAD)
+    if held is not None and held[0] is root and root is not None and root.is_active:
+        return held[1]
+    statement = (
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq)  # writes nothing, but takes the row's (PostgreSQL) or file's (SQLite) lock
+        .returning(AuditHead)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    head = session.execute(statement).scalar_one()
+    session.info[_HELD_HEAD] = (session.get_transaction(), head)
+    return head
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.util import identity_key
 
 from memory import audit
 from memory.policy import PATIENT_DATA, Action, Relation, Resource, decide
@@ -104,6 +105,9 @@ class Records:
         self.session = session
         self.actor = actor
         self.admin_phi_access = admin_phi_access
+        # Rows this object fetched, held for its transaction: the session's identity map keeps only weak
+        # references, and the access checks that follow a fetch find the same rows there without a query.
+        self._held: list[object] = []
 
     # -- policy -------------------------------------------------------------------------------------
     def _known_relations(self) -> dict[tuple[int, Role, int], Relation]:
@@ -189,7 +193,24 @@ class Records:
         row = self.session.get(model, key)
         if row is None:
             raise NotFound(f"no {what} {key}")
+        self._held.append(row)
         return row
+
+    def _consultation(self, consultation_id: str) -> Consultation:
+        """A consultation, for a patient with its patient row in the same query: the access check that
+        follows reads the owner from the identity map instead of asking the database again."""
+        loaded = identity_key(Consultation, consultation_id) in self.session.identity_map
+        if loaded or self.actor.role is not Role.patient:
+            return self._get(Consultation, consultation_id, "consultation")
+        row = self.session.execute(
+            select(Consultation, Patient)
+            .outerjoin(Patient, Patient.id == Consultation.patient_id)
+            .where(Consultation.id == consultation_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no consultation {consultation_id}")
+        self._held.extend(row)
+        return row[0]
 
     # -- users, patients, care teams (admin) --------------------------------------------------------
     def create_user(self, name: str, role: Role, expires_in: timedelta | None = None) -> tuple[User, str]:
@@ -302,7 +323,7 @@ class Records:
         return consultation
 
     def get_consultation(self, consultation_id: str) -> Consultation:
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.read)
         return consultation
 
@@ -322,7 +343,7 @@ class Records:
         attachments: list[str] | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> Message:
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.write)
         try:
             author_role = AuthorRole(author_role)
@@ -344,7 +365,7 @@ class Records:
         """Take back the caller's own message of a turn that failed: no unanswered message stays in
         the consultation, nor in what retrieval reads of it."""
         message = self._get(Message, message_id, "message")
-        self._authorize_consultation(self._get(Consultation, message.consultation_id, "consultation"),
+        self._authorize_consultation(self._consultation(message.consultation_id),
                                      Action.write)  # fmt: skip
         if message.author_role == AuthorRole.assistant or message.author_id != self.actor.user_id:
             raise InvalidInput("only its author may withdraw a message")
@@ -352,7 +373,7 @@ class Records:
         self.session.flush()
 
     def list_messages(self, consultation_id: str) -> list[Message]:
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.read)
         return list(
             self.session.scalars(
@@ -415,7 +436,7 @@ class Records:
 
     def flag_consultation(self, consultation_id: str, reason: str) -> Consultation:
         """Mark a consultation as escalated (red flag); the first flag's time is kept."""
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.write)
         consultation.flag = _text(reason, 200, "reason")
         consultation.flagged_at = consultation.flagged_at or utcnow()
@@ -426,7 +447,7 @@ class Records:
         """Tell every physician caring for the consultation's patient; returns their user ids.
 
         The text goes to physicians of this patient only, so it may name the consultation (no more)."""
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.write)
         if consultation.patient_id is None:
             return []
@@ -457,7 +478,7 @@ class Records:
         )
 
     def close_consultation(self, consultation_id: str) -> Consultation:
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.write)
         consultation.status, consultation.closed_at = ConsultationStatus.closed, utcnow()
         self.session.flush()
@@ -465,7 +486,7 @@ class Records:
 
     def delete_consultation(self, consultation_id: str) -> None:
         """Erasure of the SQL side; the caller also deletes the LangGraph thread (memory.erasure)."""
-        consultation = self._get(Consultation, consultation_id, "consultation")
+        consultation = self._consultation(consultation_id)
         self._authorize_consultation(consultation, Action.write)
         self.session.delete(consultation)
         self.session.flush()

@@ -23,6 +23,7 @@ from agents import (
     Upload,
     UploadRejected,
     check_message,
+    start_screen,
     take_series,
     take_study,
     take_uploads,
@@ -33,6 +34,7 @@ from memory.schema import Role, StudySource
 from memory.users import Principal
 from serving.problems import Problem, problem_for
 from serving.services import GatewayServices
+from tools.specialists import PendingScreen
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,12 @@ class _AdminFineTunes:
         return job.id, str(job.status)
 
 
-def turn_context(services: GatewayServices, principal: Principal, image: bytes | None) -> TurnContext:
+def turn_context(
+    services: GatewayServices,
+    principal: Principal,
+    image: bytes | None,
+    screening: PendingScreen | None = None,
+) -> TurnContext:
     admin = principal.role is Role.admin and services.finetunes is not None
     return TurnContext(
         image=image,
@@ -156,6 +163,7 @@ def turn_context(services: GatewayServices, principal: Principal, image: bytes |
         records=lambda: records_for(services, principal),
         pixels=services.pixels,
         finetunes=_AdminFineTunes(services, principal) if admin else None,
+        screening=screening,
     )
 
 
@@ -205,39 +213,50 @@ def begin_turn(
     services: GatewayServices, principal: Principal, consultation_id: str, turn: TurnInput
 ) -> BegunTurn:
     """Check access, store the user's message and uploads; what the graph needs to run the turn."""
-    with records_for(services, principal) as records:
-        consultation = records.get_consultation(consultation_id)
-        patient_id = consultation.patient_id
-        if consultation.status.value != "open":
-            raise Problem(409, "this consultation is closed")
-        before = services.graph.get_state(config_for(consultation_id))
-        # A new message would abandon the read waiting in this thread: sign it off first.
-        for pending in before.interrupts:
-            read_id = (pending.value or {}).get("read_id")
-            raise Problem(
-                409, f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff"
-            )
-        # Counted in the model's tokens before anything is stored: a message the model can never take
-        # is refused alone, and the consultation goes on (the character cap cannot tell: a Chinese
-        # character can be three tokens).
-        try:
-            has_image = bool(turn.uploads) or turn.study_id is not None
-            check_message(services.model, turn.message, has_image=has_image)
-        except MessageTooLong as exc:
-            raise Problem(413, str(exc)) from exc
-        # The common case, a message with nothing attached: it is stored in this same transaction.
-        plain = not turn.uploads and turn.study_id is None
-        if plain:
-            message_id = records.add_message(consultation_id, str(principal.role), turn.message).id
-    taken = _take_uploads(services, principal, patient_id, turn)
-    if not plain:
+    # With remote specialists, the message's screen is sent first and runs while this step checks
+    # access, reads the checkpoint and stores the message; the graph's safety step takes its result. A
+    # turn refused here drops it (nothing of a screen is stored or shown).
+    screening = start_screen(services.graph, turn.message)
+    try:
         with records_for(services, principal) as records:
-            role = str(principal.role)
-            message_id = records.add_message(
-                consultation_id, role, turn.message, attachments=taken.attachments
-            ).id
+            consultation = records.get_consultation(consultation_id)
+            patient_id = consultation.patient_id
+            if consultation.status.value != "open":
+                raise Problem(409, "this consultation is closed")
+            before = services.graph.get_state(config_for(consultation_id))
+            # A new message would abandon the read waiting in this thread: sign it off first.
+            for pending in before.interrupts:
+                read_id = (pending.value or {}).get("read_id")
+                raise Problem(
+                    409,
+                    f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff",
+                )
+            # Counted in the model's tokens before anything is stored: a message the model can never
+            # take is refused alone, and the consultation goes on (the character cap cannot tell: a
+            # Chinese character can be three tokens).
+            try:
+                has_image = bool(turn.uploads) or turn.study_id is not None
+                check_message(services.model, turn.message, has_image=has_image)
+            except MessageTooLong as exc:
+                raise Problem(413, str(exc)) from exc
+            # The common case, a message with nothing attached: it is stored in this same transaction.
+            plain = not turn.uploads and turn.study_id is None
+            if plain:
+                message_id = records.add_message(consultation_id, str(principal.role), turn.message).id
+        taken = _take_uploads(services, principal, patient_id, turn)
+        if not plain:
+            with records_for(services, principal) as records:
+                role = str(principal.role)
+                message_id = records.add_message(
+                    consultation_id, role, turn.message, attachments=taken.attachments
+                ).id
+    except BaseException:
+        if screening is not None:
+            screening.drop()
+        raise
     state_in = graph_input(principal, consultation_id, patient_id, turn, taken.attachments, taken.study_id)
-    return BegunTurn(state_in, turn_context(services, principal, taken.image), message_id, before)
+    context = turn_context(services, principal, taken.image, screening)
+    return BegunTurn(state_in, context, message_id, before)
 
 
 def undo_turn(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tools.triage.literals import required_literals
+
 if TYPE_CHECKING:
     from tools.triage.text import Lexicon
 
@@ -309,11 +311,83 @@ class CompiledCondition:
     lines: dict[str, tuple[Line, ...]]  # by level
     explained_by: tuple[Line, ...]
 
+    @cached_property
+    def needs(self) -> dict[str, tuple[tuple[frozenset[str], ...], ...]]:
+        """Per level and line (in ``lines`` order), the findings each of its terms needs: a term of
+        findings holds only if one of them was found, a number about a finding only if it was found.
+        A line with a term whose set misses the message's findings cannot hold (a cheap set test)."""
+        return {level: tuple(_line_needs(line) for line in lines) for level, lines in self.lines.items()}
+
+    @cached_property
+    def mentions(self) -> frozenset[str] | None:
+        """Every finding some line of the condition needs; None if a line needs none (numbers alone),
+        since the condition may then fire whatever was found. A message showing none of these findings
+        cannot fire the condition."""
+        needed: set[str] = set()
+        for per_line in self.needs.values():
+            for needs in per_line:
+                if not needs:
+                    return None
+                for need in needs:
+                    needed.update(need)
+        return frozenset(needed)
+
+
+def _line_needs(line: Line) -> tuple[frozenset[str], ...]:
+    needs: list[frozenset[str]] = []
+    for term in line.terms:
+        if isinstance(term, AnyOf):
+            needs.append(frozenset(term.findings))
+        elif term.finding is not None:
+            needs.append(frozenset({term.finding}))
+    return tuple(needs)
+
+
+@dataclass(frozen=True)
+class GateIndex:
+    """Which findings' patterns (in one language) can match a text at all, read from the literal strings
+    every match of them contains (tools.triage.literals): one substring test per distinct literal
+    replaces a regular-expression search per finding. Findings whose patterns need no literal that
+    could be read are always searched."""
+
+    literals: tuple[str, ...]
+    by_literal: dict[str, tuple[str, ...]]
+    always: frozenset[str]
+
+    @classmethod
+    def build(cls, gates: dict[str, re.Pattern[str]]) -> GateIndex:
+        by_literal: dict[str, list[str]] = {}
+        always: set[str] = set()
+        for finding_id, gate in gates.items():
+            requirement = required_literals(gate)
+            if requirement is None:
+                always.add(finding_id)
+                continue
+            for literal in requirement:
+                by_literal.setdefault(literal, []).append(finding_id)
+        frozen = {literal: tuple(ids) for literal, ids in by_literal.items()}
+        return cls(tuple(sorted(frozen)), frozen, frozenset(always))
+
+    def candidates(self, text: str) -> set[str]:
+        """The findings whose patterns may match ``text`` (every one that does is among them)."""
+        found = set(self.always)
+        for literal in self.literals:
+            if literal in text:
+                found.update(self.by_literal[literal])
+        return found
+
 
 @dataclass(frozen=True)
 class KnowledgeBase:
     findings: dict[str, CompiledFinding]
     conditions: tuple[CompiledCondition, ...]
+
+    @cached_property
+    def gates(self) -> dict[str, GateIndex]:
+        """The English and Chinese gate indexes over every finding (built on first use)."""
+        en = {i: f.any_en for i, f in self.findings.items() if f.any_en is not None}
+        zh = {i: f.any_zh for i, f in self.findings.items() if f.any_zh is not None}
+        return {"en": GateIndex.build(en), "zh": GateIndex.build(zh)}
 
     @cached_property
     def lexicon(self) -> Lexicon:

@@ -4,6 +4,7 @@ fire on their discriminators together; the highest level wins)."""
 from __future__ import annotations
 
 import re
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 
 from tools.triage import numbers
@@ -49,6 +50,11 @@ class Extraction:
         for occurrence in self.occurrences:
             self._by_finding.setdefault(occurrence.finding, []).append(occurrence)
 
+    @property
+    def found(self) -> KeysView[str]:
+        """The findings shown at all (whatever their status)."""
+        return self._by_finding.keys()
+
     def counted(self, finding: str, level: str) -> list[Occurrence]:
         found = []
         for occurrence in self._by_finding.get(finding, ()):
@@ -62,11 +68,15 @@ def extract(kb: KnowledgeBase, raw: str) -> Extraction:
     text = normalise(raw, kb.lexicon)
     spans: list[tuple[str, str, int, int, str]] = []  # finding, kind, start, end, lang
     has_latin, has_cjk = bool(_LATIN.search(text)), bool(_CJK.search(text))
+    # Only findings whose patterns' required words occur in the text are searched at all (same result,
+    # a fraction of the searches: most findings are absent from any one message).
+    en_possible = kb.gates["en"].candidates(text) if has_latin else set()
+    zh_possible = kb.gates["zh"].candidates(text) if has_cjk else set()
     for finding_id, compiled in kb.findings.items():
         kind = compiled.finding.kind
         for lang, patterns, gate in (
-            ("en", compiled.en, compiled.any_en if has_latin else None),
-            ("zh", compiled.zh, compiled.any_zh if has_cjk else None),
+            ("en", compiled.en, compiled.any_en if finding_id in en_possible else None),
+            ("zh", compiled.zh, compiled.any_zh if finding_id in zh_possible else None),
         ):
             if gate is None or not gate.search(text):
                 continue  # one search rules out every pattern of the finding
@@ -193,8 +203,11 @@ def _distinctiveness(line: Line, evidence: list[Occurrence], spread: dict[str, i
 def score_condition(
     compiled: CompiledCondition, extraction: Extraction, spread: dict[str, int] | None = None
 ) -> Match | None:
+    found = extraction.found
     for level in reversed(LEVELS):
-        for line in compiled.lines[level]:
+        for line, needs in zip(compiled.lines[level], compiled.needs[level], strict=True):
+            if any(need.isdisjoint(found) for need in needs):
+                continue  # a term names no finding the message shows: the line cannot hold
             holds, evidence, quoted = _line_holds(line, extraction, level)
             if not holds:
                 continue
@@ -211,8 +224,10 @@ def score_condition(
 def score(kb: KnowledgeBase, extraction: Extraction) -> list[Match]:
     """Every condition that fires, most urgent first; among equals the match whose discriminators are the
     most distinctive (findings few conditions name), then the line with more terms, then KB order."""
-    spread = kb.spread
-    matches = [m for m in (score_condition(c, extraction, spread) for c in kb.conditions) if m is not None]
+    spread, found = kb.spread, extraction.found
+    # A condition none of whose lines' findings the message shows cannot fire: skipped with one set test.
+    possible = (c for c in kb.conditions if c.mentions is None or not c.mentions.isdisjoint(found))
+    matches = [m for m in (score_condition(c, extraction, spread) for c in possible) if m is not None]
     order = {c.condition.id: i for i, c in enumerate(kb.conditions)}
     matches.sort(
         key=lambda m: (
