@@ -262,7 +262,9 @@ def test_a_long_prompt_joining_delays_running_rows_by_one_chunk_per_step(tiny_mo
     assert len(chunks) >= 3, "the long prompt was prefilled in several chunks"
     # While the joiner's chunks ran, the running row decoded between every two of them (as long as it was
     # still running: a loaded machine may let it reach its end before the last chunk).
-    last_decode = max(i for i, (_, columns, _, _) in enumerate(calls) if columns == 1 and i < chunks[-1])
+    last_decode = max(
+        (i for i, (_, columns, _, _) in enumerate(calls) if columns == 1 and i < chunks[-1]), default=-2
+    )
     pairs = [(b, a) for b, a in itertools.pairwise(chunks) if a <= last_decode + 1]
     assert len(pairs) >= 2, "the running row was still decoding while the prompt was prefilled"
     for before, after in pairs:
