@@ -149,6 +149,13 @@ def _under_load(
         down_at = time.monotonic()
         fault()
         time.sleep(DOWN_S)
+        # One client sends its requests in turn, and a turn in flight may outlast a short outage on a
+        # loaded machine: keep the store down until a request has met it, then a little longer, so the
+        # checked window below holds requests sent while it was down.
+        met = time.monotonic() + 30
+        while time.monotonic() < met and not any(a.status == 503 and a.started >= down_at for a in answers):
+            time.sleep(0.1)
+        time.sleep(1.5)
         stop()
         back_at = time.monotonic()
         deadline = back_at + 30
