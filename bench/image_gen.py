@@ -19,14 +19,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from bench.serving import _sync
 from models.contract import GenerationRequest
 from models.healthgpt import HealthGPT
 from models.tiny import resolve_spec
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:
