@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -39,25 +39,26 @@ def client_address(request: Request) -> str:
     forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop if _is_address(hop) else "unknown"
+        address = _address(hop)
+        if address is None:
+            return "unknown"  # not an address: nothing further left can be trusted either
+        if not _is_trusted(address, trusted):
+            return hop
     return peer  # every hop is a proxy of ours: the request started inside
 
 
-def _is_address(text: str) -> bool:
+def _address(text: str) -> IPv4Address | IPv6Address | None:
     try:
-        ipaddress.ip_address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def _is_trusted(address: str, trusted: list[IPv4Network | IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip.version == net.version and ip in net for net in trusted)
+def _is_trusted(
+    address: str | IPv4Address | IPv6Address | None, trusted: list[IPv4Network | IPv6Network]
+) -> bool:
+    ip = _address(address) if isinstance(address, str) else address
+    return ip is not None and any(ip.version == net.version and ip in net for net in trusted)
 
 
 def principal_from_request(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
