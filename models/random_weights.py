@@ -23,9 +23,17 @@ import torch
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, GenerationConfig
 from transformers.initialization import no_init_weights
 
-from models.healthgpt import EMBED_KEY, HEAD_KEY, HLORA_TARGETS, vq_token_names
+from models.healthgpt import EMBED_KEY, HEAD_KEY, vq_token_names
 from models.spec import ModelSpec, PluginSpec
-from models.tiny import ARCHITECTURES, SPEC_FILE, VQGAN_DIR, build_tokenizer, write_tiny_vqgan
+from models.tiny import (
+    ARCHITECTURES,
+    SPEC_FILE,
+    VQGAN_DIR,
+    PluginInit,
+    build_tokenizer,
+    random_plugin_state,
+    write_tiny_vqgan,
+)
 from models.vqgan import VQGANConfig
 from models.weights import OFFICIAL_PREFIX
 
@@ -164,38 +172,16 @@ def _fill(module: torch.nn.Module, generator: torch.Generator) -> None:
             param.copy_(_randn(param.shape, generator, INIT_STD))
 
 
-def _plugin_state(
-    backbone: torch.nn.Module,
-    plugin: Plugin,
-    vision_width: int,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-) -> dict[str, torch.Tensor]:
-    """The H-LoRA tensors of every adapted linear layer plus the projector, under the official names.
-    B is non-zero (unlike a fresh LoRA), so the plugin costs what a trained one costs and changes outputs."""
-
-    def normal(*shape: int, std: float) -> torch.Tensor:
-        return _randn(shape, generator, std).to(dtype)
-
-    state: dict[str, torch.Tensor] = {}
-    targets = HLORA_TARGETS[backbone.config.model_type]
-    for name, module in backbone.named_modules():
-        if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear):
-            key = OFFICIAL_PREFIX + name
-            state[f"{key}.lora_A.weight"] = normal(plugin.r, module.in_features, std=module.in_features**-0.5)
-            state[f"{key}.lora_B.weight"] = normal(
-                module.out_features, plugin.r, std=INIT_STD / plugin.r**0.5
-            )
-            state[f"{key}.lora_route.weight"] = normal(plugin.experts, module.in_features, std=INIT_STD)
-    hidden = backbone.config.hidden_size
-    for key, tensor in {
-        "0.weight": normal(hidden, vision_width, std=INIT_STD),
-        "0.bias": torch.zeros(hidden, dtype=dtype),
-        "2.weight": normal(hidden, hidden, std=INIT_STD),
-        "2.bias": torch.zeros(hidden, dtype=dtype),
-    }.items():
-        state[f"{OFFICIAL_PREFIX}model.mm_projector.{key}"] = tensor
-    return state
+def _plugin_init(generator: torch.Generator, dtype: torch.dtype) -> PluginInit:
+    """Released-like scales: A keeps activations at unit scale, B and the router small, like trained ones."""
+    return PluginInit(
+        draw=lambda shape, std: _randn(shape, generator, std).to(dtype),
+        a_std=lambda fan_in: fan_in**-0.5,
+        b_std=lambda rank: INIT_STD / rank**0.5,
+        route_std=INIT_STD,
+        projector_std=INIT_STD,
+        dtype=dtype,
+    )
 
 
 def _fusion_state(rows: int, hidden: int, generator: torch.Generator, dtype: torch.dtype) -> dict:
@@ -286,7 +272,8 @@ def build_random(
         )
         for name, plugin in chosen.plugins.items():
             say(f"plugin {name} (rank {plugin.r})")
-            state = _plugin_state(backbone, plugin, chosen.vision["hidden_size"], generator, torch_dtype)
+            init = _plugin_init(generator, torch_dtype)
+            state = random_plugin_state(backbone, plugin, chosen.vision["hidden_size"], init)
             torch.save(state, staging / plugin.files[0])
             if len(plugin.files) > 1:
                 torch.save(

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,22 +98,52 @@ def build_tokenizer(out_dir: Path, specials: list[str], size: int | None = None)
     return tokenizer
 
 
-def _random_plugin_state(backbone: PreTrainedModel, plugin: PluginSpec, vision_width: int) -> dict:
-    """Plugin tensors under the official key names, with a non-zero B so the plugin changes outputs."""
+@dataclass(frozen=True)
+class PluginInit:
+    """How a plugin's random tensors are drawn: ``draw(shape, std)`` and the scale of each kind (A's may
+    depend on the layer's fan-in, B's on the rank)."""
+
+    draw: Callable[[tuple[int, ...], float], torch.Tensor]
+    a_std: Callable[[int], float]  # fan-in -> std
+    b_std: Callable[[int], float]  # rank -> std
+    route_std: float
+    projector_std: float
+    dtype: torch.dtype = torch.float32
+
+
+# The tiny model's scales: large enough that the plugins visibly change its outputs.
+TINY_PLUGIN_INIT = PluginInit(
+    draw=lambda shape, std: torch.randn(shape) * std,
+    a_std=lambda fan_in: 0.1,
+    b_std=lambda rank: 0.1,
+    route_std=0.1,
+    projector_std=0.05,
+)
+
+
+def random_plugin_state(
+    backbone: PreTrainedModel, plugin: PluginSpec, vision_width: int, init: PluginInit = TINY_PLUGIN_INIT
+) -> dict[str, torch.Tensor]:
+    """Plugin tensors under the official key names (every adapted linear layer's A, B and router, then the
+    projector), with a non-zero B so the plugin changes outputs as a trained one would."""
     state: dict[str, torch.Tensor] = {}
     targets = HLORA_TARGETS[backbone.config.model_type]
     for name, module in backbone.named_modules():
         if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear):
             key = OFFICIAL_PREFIX + name
-            state[f"{key}.lora_A.weight"] = torch.randn(plugin.r, module.in_features) * 0.1
-            state[f"{key}.lora_B.weight"] = torch.randn(module.out_features, plugin.r) * 0.1
-            state[f"{key}.lora_route.weight"] = torch.randn(plugin.experts, module.in_features) * 0.1
+            state[f"{key}.lora_A.weight"] = init.draw(
+                (plugin.r, module.in_features), init.a_std(module.in_features)
+            )
+            state[f"{key}.lora_B.weight"] = init.draw((module.out_features, plugin.r), init.b_std(plugin.r))
+            state[f"{key}.lora_route.weight"] = init.draw(
+                (plugin.experts, module.in_features), init.route_std
+            )
     hidden = backbone.config.hidden_size
     projector = {
-        "0.weight": torch.randn(hidden, vision_width) * 0.05,
-        "0.bias": torch.zeros(hidden),
-        "2.weight": torch.randn(hidden, hidden) * 0.05,
-        "2.bias": torch.zeros(hidden),
+        "0.weight": init.draw((hidden, vision_width), init.projector_std),
+        "0.bias": torch.zeros(hidden, dtype=init.dtype),
+        "2.weight": init.draw((hidden, hidden), init.projector_std),
+        "2.bias": torch.zeros(hidden, dtype=init.dtype),
     }
     for key, tensor in projector.items():
         state[f"{OFFICIAL_PREFIX}model.mm_projector.{key}"] = tensor
@@ -253,7 +285,7 @@ def build_tiny(out_dir: Path, seed: int = 0, arch: str = "phi3") -> Path:
             ),
         }
         for plugin in plugins.values():
-            state = _random_plugin_state(backbone, plugin, vision_config.hidden_size)
+            state = random_plugin_state(backbone, plugin, vision_config.hidden_size)
             write_state_dict(state, staging / plugin.weights[0])
         write_tiny_vqgan(staging / VQGAN_DIR, seed)
 
