@@ -40,3 +40,20 @@ def sqlite_api(tmp_path: Path, tiny_model):
     yield client, people
     client.__exit__(None, None, None)
     services.close()
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray with Serve for one test module, and a data dir whose tiny model is built once before
+    any replica loads it."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    from models.tiny import resolve_spec
+
+    data_dir = tmp_path_factory.mktemp("ray")
+    resolve_spec("tiny", Settings(data_dir=data_dir).model_dir, 0)
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    serve.start()
+    yield data_dir
+    serve.shutdown()
+    ray.shutdown()

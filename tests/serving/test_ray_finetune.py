@@ -20,7 +20,6 @@ from models.spec import ModelSpec
 from models.tiny import resolve_spec
 from models.training import Row, TrainConfig, preset, save_trained, train
 from serving.services import prepare_database
-from serving.settings import Settings
 from tests.agents.scenarios.conftest import auth, make_people, start
 from tests.serving import test_finetune_jobs as jobs
 from tests.serving.test_finetune_jobs import PLUGIN, _fresh_redis, correct_reads, run_job, settings_for
@@ -37,17 +36,6 @@ from serving.deployments import HealthGPTDeployment, configured_deployments  # n
 one_thread = jobs.one_thread  # autouse here too: one torch thread in this process
 regression = jobs.regression  # the frozen regression set of the gate (module-scoped)
 QUESTIONS = [f"What is shown? ({index})" for index in range(3)]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory):
-    data_dir = tmp_path_factory.mktemp("ray-finetune")
-    resolve_spec("tiny", Settings(data_dir=data_dir).model_dir, 0)  # built once, before replicas load it
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    serve.start()
-    yield data_dir
-    serve.shutdown()
-    ray.shutdown()
 
 
 # -- (a) promotion and rollback through the Serve controller -------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.spec import ModelSpec
-from models.tiny import build_tiny, resolve_spec
+from models.tiny import build_tiny
 from serving.settings import Settings
 from tools.healthgpt import AskRequest, RayServeHealthGPT
 
@@ -73,17 +73,6 @@ class LoadGenerator:
         for thread in self._threads:
             thread.join(self.timeout_s + 10)
             assert not thread.is_alive(), "a request hung past its timeout"
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory):
-    data_dir = tmp_path_factory.mktemp("ray")
-    resolve_spec("tiny", Settings(data_dir=data_dir).model_dir, 0)  # built once, before replicas load it
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    serve.start()
-    yield data_dir
-    serve.shutdown()
-    ray.shutdown()
 
 
 def test_adapter_hot_swap_under_load_fails_nothing(local_ray: Path) -> None:
