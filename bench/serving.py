@@ -20,6 +20,11 @@ A roofline figure comes with it: at batch 1 a decode step reads every weight onc
 no less than (bytes of the weights a step reads) / (memory bandwidth). The same run measures the
 machine's copy bandwidth and reports the batch-1 decode step of (b) as a fraction of that bound.
 
+A ceiling comes with it too: batching saves weight reads, not arithmetic, so a prompt's prefill costs
+the same in every mode (compute-bound wherever the prompt is long: a CPU, or an image prompt anywhere).
+Even an engine whose decode steps were free would need the mix's mean batch-1 prefill time per request;
+the official path's mean time per request over that is the most (c) ÷ (a) this load can reach here.
+
 The machine may be shared: every row records the 1-minute load average at its end, so figures taken
 under load can be read as such (ratios within one run share the conditions).
 """
@@ -34,6 +39,7 @@ import resource
 import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,7 +96,8 @@ class Official:
             started = time.perf_counter()
             only = self.spec.model_copy(deep=True)
             only.plugins = {request.plugin: only.plugins[request.plugin]}
-            model = HealthGPT(only, device=self.device)
+            # The official code's nn.Linear products (MKL's sgemm on a CPU), not our oneDNN path.
+            model = HealthGPT(only, device=self.device, onednn=False)
             self.rebuilds += 1
             self.rebuild_s += time.perf_counter() - started
             embeds = model.embed_prompt(request.question, request.image, request.plugin)[None]
@@ -214,6 +221,38 @@ def roofline(model: HealthGPT, device: str, tokens: int = 48) -> dict:
     }
 
 
+def prefill_seconds(model: HealthGPT, rounds: int = 3) -> dict[str, float]:
+    """Median batch-1 prefill time (vision tower, prompt, first token) of each kind of request in the
+    mix, one request at a time through the engine."""
+    engine = BatchEngine(model, limits(1, max_queue=4))
+    kinds = {request.plugin: request for request in workload(2)}
+    seconds: dict[str, list[float]] = {plugin: [] for plugin in kinds}
+    try:
+        for _ in range(rounds):
+            for plugin, request in kinds.items():
+                # One new token: the first comes from the prefill's own logits.
+                job = engine.submit(replace(request, max_new_tokens=1, constrain_vq=None))
+                job.result(3600)
+                seconds[plugin].append(job.time_to_first_token_s or 0.0)
+    finally:
+        engine.close()
+    return {plugin: round(statistics.median(values), 3) for plugin, values in seconds.items()}
+
+
+def ceilings(results: dict[str, list[dict]], prefill: dict[str, float]) -> dict:
+    """(a)'s mean seconds per request over the mix's mean prefill seconds per request: the (c) ÷ (a)
+    an engine with free decode steps would reach here (see the module's docstring)."""
+    official = sum(row["seconds"] for row in results["official"]) / sum(
+        row["requests"] for row in results["official"]
+    )
+    prefill_mean = statistics.fmean(prefill.values())
+    return {
+        "official_s_per_request": round(official, 3),
+        "prefill_s_per_request": prefill,
+        "ours_vs_official_ceiling": round(official / prefill_mean, 2),
+    }
+
+
 def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict:
     pending = list(reversed(requests))
     lock = threading.Lock()
@@ -324,6 +363,8 @@ def main() -> None:
     sequential.engine.close()
     bound = roofline(model, args.device)
     print(f"roofline {bound}", flush=True)
+    ceiling = ceilings(results, prefill_seconds(model))
+    print(f"ceiling {ceiling}", flush=True)
     ratios = {
         str(row["concurrency"]): {
             "ours_vs_sequential": round(row["requests_per_s"] / seq["requests_per_s"], 2),
@@ -349,6 +390,7 @@ def main() -> None:
         "workload": {"text_tokens": TEXT_TOKENS, "vq_tokens": GRID, "mix": "1:1 comprehension:generation"},
         "throughput_ratios": ratios,
         "roofline": bound,
+        "ceiling": ceiling,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

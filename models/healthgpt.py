@@ -24,6 +24,7 @@ from transformers.cache_utils import Cache
 
 from models.contract import GenerationRequest
 from models.hlora import HLoRALinear, Routing, wrap_linears
+from models.kernels import ONEDNN_LINEAR, linear, onednn_for
 from models.spec import ModelSpec, PluginSpec
 from models.templates import IMAGE_PLACEHOLDER, get_template, user_message
 from models.tokenizer import Tokenizer, load_tokenizer
@@ -106,8 +107,13 @@ class HealthGPT:
     """
 
     def __init__(
-        self, spec: ModelSpec, device: str | torch.device = "cpu", attention: Attention = "auto"
+        self,
+        spec: ModelSpec,
+        device: str | torch.device = "cpu",
+        attention: Attention = "auto",
+        onednn: bool | None = None,
     ) -> None:
+        """``onednn``: inference products through oneDNN (models.kernels); None: for float32 on CPU."""
         self.spec = spec.model_copy(deep=True)  # our own: plugins loaded at runtime are added to it
         self.device = torch.device(device)
         # The spec's dtype as given, on every device: bfloat16/float16 weights run in half precision on a
@@ -141,6 +147,9 @@ class HealthGPT:
             self._add_plugin(name, plugin)
         self.llm.to(self.device).eval()
         self.vision.to(self.device).eval()
+        self.onednn = onednn_for(self.device, self.dtype) if onednn is None else onednn and ONEDNN_LINEAR
+        for layer in self.layers.values():
+            layer.onednn = self.onednn
         self.projectors.to(device=self.device, dtype=self.dtype).eval()
         self.overrides = {
             name: {k: v.to(device=self.device, dtype=self.dtype) for k, v in tables.items()}
@@ -406,7 +415,7 @@ class HealthGPT:
         base = self.llm.get_output_embeddings().weight
         heads = [self.overrides.get(p, {}).get(HEAD_KEY, base) for p in plugins]
         if all(head is heads[0] for head in heads):
-            return F.linear(hidden, heads[0])
+            return linear(hidden, heads[0], onednn=self.onednn)
         # One product per distinct head over its rows: the head is the largest weight a decode step reads
         # (40k x 3072 at M3), so reading it once per row would multiply the step's memory traffic.
         by_head: dict[int, tuple[torch.Tensor, list[int]]] = {}
@@ -415,7 +424,7 @@ class HealthGPT:
         logits = hidden.new_empty(*hidden.shape[:-1], base.shape[0])
         for head, rows in by_head.values():
             index = torch.tensor(rows, device=hidden.device)
-            logits[index] = F.linear(hidden.index_select(0, index), head)
+            logits[index] = linear(hidden.index_select(0, index), head, onednn=self.onednn)
         return logits
 
     def forward(

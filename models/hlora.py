@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.kernels import linear
+
 
 class HLoRAPlugin(nn.Module):
     def __init__(self, in_features: int, out_features: int, r: int, alpha: int, experts: int) -> None:
@@ -39,7 +41,9 @@ class HLoRAPlugin(nn.Module):
 
     def delta(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # Two separate products, in the official order: fusing A and the router into one matmul was
-        # measured to move float32 logits by up to 1.2e-4 (different BLAS blocking), beyond parity.
+        # measured to move float32 logits by up to 1.2e-4 (different BLAS blocking), beyond parity. The
+        # plugin's products stay on F.linear for the same reason: through oneDNN (models.kernels) they
+        # moved the fusion fixture's logits to 1.6e-4; the base layer's product does not move them.
         low_rank = self.lora_A(x) * self.scaling
         if self.training and self.dropout:
             low_rank = F.dropout(low_rank, self.dropout)
@@ -52,13 +56,15 @@ Routing = list[tuple[str, torch.Tensor | None]]  # (plugin, row indices or None 
 
 
 class HLoRALinear(nn.Module):
-    """Wraps a base ``nn.Linear``; ``routing`` says which plugin applies to which rows (None = base)."""
+    """Wraps a base ``nn.Linear``; ``routing`` says which plugin applies to which rows (None = base).
+    ``onednn``: inference products through oneDNN (models.kernels), set by the model for float32 on CPU."""
 
     def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
         self.plugins = nn.ModuleDict()
         self.routing: Routing | None = None
+        self.onednn = False
 
     @property
     def in_features(self) -> int:
@@ -75,7 +81,7 @@ class HLoRALinear(nn.Module):
         return plugin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = linear(x, self.base.weight, self.base.bias, onednn=self.onednn)
         if not self.routing:
             return y
         for name, rows in self.routing:
