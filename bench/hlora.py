@@ -7,6 +7,12 @@ plugins (our per-row routing), side by side in one run.
 Decode = a batch of B single tokens (B = 1, 8, 32); prefill = one 600-token sequence. Each timing is the
 median of ``--repeats`` calls; the whole measurement is repeated ``--rounds`` times and each ratio is
 reported as its median with the min-max over rounds, so noise is not read as a result.
+
+The JSON also gives each plugin's *work floor*: the adapted linears' weights plus the plugin's A, B and
+router, over the bare weights. H-LoRA cannot be merged into W (its gate depends on the input), so a
+batch-1 decode step, bound by the bytes it reads, cannot cost less than that ratio, and a compute-bound
+step does that ratio's extra multiply-adds: no implementation of this formulation beats the floor at the
+weights' own precision.
 """
 
 from __future__ import annotations
@@ -86,6 +92,13 @@ def run(device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
     return rows
 
 
+def work_floor(rank: int, experts: int) -> float:
+    """(bare + A + B + router parameters) / bare parameters over the four adapted linears of a layer."""
+    bare = sum(fan_in * fan_out for _, fan_in, fan_out in M3_LINEARS)
+    extra = sum(rank * (fan_in + fan_out) + experts * fan_in for _, fan_in, fan_out in M3_LINEARS)
+    return (bare + extra) / bare
+
+
 def summarise(rounds: list[list[dict]]) -> dict:
     """Per phase and batch: each variant's time over bare (all four linears summed), as the median and
     min-max over rounds."""
@@ -134,6 +147,7 @@ def main() -> None:
         },
         "dtype": args.dtype,
         "plugins": {name: {"r": r, "alpha": a, "experts": e} for name, (r, a, e) in PLUGINS.items()},
+        "work_floor_over_bare": {name: round(work_floor(r, e), 4) for name, (r, _, e) in PLUGINS.items()},
         "repeats": args.repeats,
         "rounds": rounds,
         "summary": totals,
