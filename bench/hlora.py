@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from models.hlora import HLoRALinear
+from models.kernels import onednn_for
 from models.random_weights import PRESETS
 
 # (name, in, out) of the four adapted linears of one Phi-3-mini decoder layer.
@@ -61,6 +62,7 @@ def run(device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
     loads = [("decode", b, 1) for b in (1, 8, 32)] + [("prefill", 1, 600)]
     for name, fan_in, fan_out in M3_LINEARS:
         layer = HLoRALinear(nn.Linear(fan_in, fan_out, bias=False)).to(device=device, dtype=dtype)
+        layer.onednn = onednn_for(device, dtype)  # the products the served model uses here
         for plugin, (rank, alpha, experts) in PLUGINS.items():
             nn.init.normal_(layer.add_plugin(plugin, rank, alpha, experts).lora_B.weight, std=0.01)
         for phase, batch, tokens in loads:

@@ -39,17 +39,17 @@ class HLoRAPlugin(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # a fresh plugin starts as the identity of the base layer
         nn.init.kaiming_uniform_(self.lora_route.weight, a=math.sqrt(5))
 
-    def delta(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def delta(self, x: torch.Tensor, dtype: torch.dtype, onednn: bool = False) -> torch.Tensor:
         # Two separate products, in the official order: fusing A and the router into one matmul was
         # measured to move float32 logits by up to 1.2e-4 (different BLAS blocking), beyond parity. The
-        # plugin's products stay on F.linear for the same reason: through oneDNN (models.kernels) they
-        # moved the fusion fixture's logits to 1.6e-4; the base layer's product does not move them.
-        low_rank = self.lora_A(x) * self.scaling
+        # router stays on F.linear for the same reason (through oneDNN it moved the fusion fixture's logits
+        # to 1.6e-4); A and B through oneDNN (models.kernels) keep every fixture within 7.7e-5.
+        low_rank = linear(x, self.lora_A.weight, onednn=onednn) * self.scaling
         if self.training and self.dropout:
             low_rank = F.dropout(low_rank, self.dropout)
         gate = torch.softmax(self.lora_route(x), dim=-1).to(dtype)
         gate = torch.repeat_interleave(gate, self.rank_per_expert, dim=-1)
-        return self.lora_B(gate * low_rank)
+        return linear(gate * low_rank, self.lora_B.weight, onednn=onednn)
 
 
 Routing = list[tuple[str, torch.Tensor | None]]  # (plugin, row indices or None for every row)
@@ -87,9 +87,9 @@ class HLoRALinear(nn.Module):
         for name, rows in self.routing:
             plugin = self.plugins[name]
             if rows is None:
-                y = y + plugin.delta(x, y.dtype)
+                y = y + plugin.delta(x, y.dtype, self.onednn)
             else:
-                y = y.index_add(0, rows, plugin.delta(x.index_select(0, rows), y.dtype))
+                y = y.index_add(0, rows, plugin.delta(x.index_select(0, rows), y.dtype, self.onednn))
         return y
 
 
