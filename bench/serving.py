@@ -8,6 +8,7 @@
 
     .venv/bin/python -m bench.serving [--spec tiny|SPEC.yaml] [--device cpu] [--out FILE.json]
         [--attention auto|eager|sdpa] [--prefill-chunk TOKENS, 0 = whole prompts]
+        [--prefill-budget TOKENS, 0 = none]
 
 Clients: C threads (C = 1, 8, 16, 32 by default) sending requests back to back; the load is mixed: half
 comprehension (a question about an image), half generation (an 8x8 grid of VQ tokens; the VQGAN decode is
@@ -123,11 +124,13 @@ def limits(max_batch: int, max_queue: int = 1024) -> EngineLimits:
         max_queue=max_queue,
         max_new_tokens=256,
         prefill_chunk_tokens=PREFILL_CHUNK,
+        prefill_budget_tokens=PREFILL_BUDGET,
         request_timeout_s=3600.0,
     )
 
 
 PREFILL_CHUNK: int | None = EngineLimits().prefill_chunk_tokens
+PREFILL_BUDGET: int | None = EngineLimits().prefill_budget_tokens
 
 
 class Sequential:
@@ -297,7 +300,7 @@ def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict
 
 
 def main() -> None:
-    global PREFILL_CHUNK
+    global PREFILL_CHUNK, PREFILL_BUDGET
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="tiny", help="'tiny' or a model spec YAML (e.g. random M3 weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -312,8 +315,14 @@ def main() -> None:
         default=EngineLimits().prefill_chunk_tokens,
         help="prefill chunk in tokens; 0: whole prompts",
     )
+    parser.add_argument(
+        "--prefill-budget",
+        type=int,
+        default=EngineLimits().prefill_budget_tokens,
+        help="tokens one prefill chunk may carry across rows; 0: no budget",
+    )
     args = parser.parse_args()
-    PREFILL_CHUNK = args.prefill_chunk or None
+    PREFILL_CHUNK, PREFILL_BUDGET = args.prefill_chunk or None, args.prefill_budget or None
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
@@ -385,7 +394,12 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
         "model": shape,
-        "engine": {"kv_cache": "SlotCache (preallocated slots)", "prefill_chunk_tokens": PREFILL_CHUNK},
+        "engine": {
+            "kv_cache": "SlotCache (preallocated slots)",
+            "prefill_chunk_tokens": PREFILL_CHUNK,
+            "prefill_budget_tokens": PREFILL_BUDGET,
+            "linear_products": "oneDNN" if model.onednn else "F.linear",
+        },
         "load_avg_1m_5m_15m": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "workload": {"text_tokens": TEXT_TOKENS, "vq_tokens": GRID, "mix": "1:1 comprehension:generation"},
         "throughput_ratios": ratios,

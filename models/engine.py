@@ -85,6 +85,8 @@ class Job:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     prompt_tokens: int = 0
+    # (plugin key, prompt embedding) of a joiner put back by the prefill budget: not embedded twice.
+    embedded: tuple[str, torch.Tensor] | None = None
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     _events: queue.Queue = field(default_factory=queue.Queue)
@@ -342,16 +344,22 @@ class BatchEngine:
             self._free_retired_plugins()
 
     def _start_prefill(self, jobs: list[Job]) -> None:
-        """Embed the joiners' prompts (the vision tower runs here) and set them up to prefill."""
+        """Embed the joiners' prompts (the vision tower runs here) and set them up to prefill, as many
+        as ``prefill_budget_tokens`` allows; the rest go back to the head of the queue."""
         model = self.model
         embeddings, accepted = [], []
-        for job in jobs:
+        chunk, budget = self.limits.prefill_chunk_tokens, self.limits.prefill_budget_tokens
+        tokens = 0  # carried by the group's busiest chunk, at most
+        for index, job in enumerate(jobs):
             if job.cancelled:
                 job._finish(None, RequestCancelled("cancelled before it started"))
                 continue
             r = job.request
             try:
-                row = model.embed_prompt(r.question, r.image, job.plugin_key)
+                if job.embedded is not None and job.embedded[0] == job.plugin_key:
+                    row = job.embedded[1]
+                else:
+                    row = model.embed_prompt(r.question, r.image, job.plugin_key)
             except ValueError as exc:
                 job._finish(None, InvalidRequest(str(exc)))
                 continue
@@ -363,6 +371,14 @@ class BatchEngine:
                     ),
                 )
                 continue
+            # What each row adds to a chunk: its whole prompt or one chunk of it.
+            carried = min(row.shape[0], chunk or row.shape[0])
+            if budget is not None and accepted and tokens + carried > budget:
+                job.embedded = (job.plugin_key, row)
+                with self._cond:  # the rest keep their order, ahead of later arrivals
+                    self._waiting.extendleft(reversed(jobs[index:]))
+                break
+            tokens += carried
             job.prompt_tokens = row.shape[0]
             embeddings.append(row)
             accepted.append(job)

@@ -23,6 +23,15 @@ class EngineLimits(BaseModel):
         "group of k joiners runs up to k times as many tokens), between decode steps of the running rows, "
         "which then wait at most one chunk per step; None prefills a prompt in one pass.",
     )
+    prefill_budget_tokens: int | None = Field(
+        default=1024,
+        ge=16,
+        description="Tokens one prefill chunk may carry across its rows (rows x chunk width): joiners "
+        "beyond it wait for the next group, keeping their place at the head of the queue. A prompt's "
+        "arithmetic is the same in any group, and on a CPU a group of 15 image prompts prefilled at 60% "
+        "of one prompt's tokens per second (bigger activations); the first joiner is always taken. None: "
+        "no budget.",
+    )
     kv_block_tokens: int = Field(
         default=256, ge=16, description="The KV cache grows by whole blocks of this many columns."
     )

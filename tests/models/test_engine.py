@@ -271,6 +271,43 @@ def test_a_long_prompt_joining_delays_running_rows_by_one_chunk_per_step(tiny_mo
         assert after - before == 2 and calls[before + 1][:2] == (1, 1)
 
 
+class _CountingEmbeds(_Recorder):
+    """The recorder, also counting how often each prompt was embedded (the vision tower's work)."""
+
+    def __init__(self, model: HealthGPT) -> None:
+        super().__init__(model)
+        self.embedded: list[str] = []
+
+    def embed_prompt(self, question, image, plugin):  # type: ignore[no-untyped-def]
+        self.embedded.append(question)
+        return self._model.embed_prompt(question, image, plugin)
+
+
+def test_the_prefill_budget_splits_a_burst_into_groups_that_keep_their_order(tiny_model: HealthGPT) -> None:
+    recorder = _CountingEmbeds(tiny_model)
+    limits = EngineLimits(max_batch=8, prefill_chunk_tokens=16, prefill_budget_tokens=32)
+    engine = BatchEngine(recorder, limits)  # type: ignore[arg-type]
+    try:
+        requests = [
+            GenerationRequest(f"{QUESTIONS[i % 4]} ({i})", _image(40 * i), max_new_tokens=6) for i in range(5)
+        ]
+        jobs = [engine.submit(r) for r in requests]
+        for request, job in zip(requests, jobs, strict=True):
+            assert job.result(60).token_ids == _single(tiny_model, request)
+    finally:
+        engine.close()
+    # Every prompt is longer than a chunk, so a chunk may carry two rows (32 tokens), never more, and
+    # the burst of five went through in groups of two at most.
+    prefill_rows = [rows for rows, columns, _, _ in recorder.calls if columns > 1]
+    assert max(prefill_rows) == 2
+    # A joiner that waited for the next group was not embedded again, and the groups kept arrival order.
+    assert sorted(recorder.embedded) == sorted(r.question for r in requests)
+    # (Groups of at most two in arrival order: a job's group started no later than that of the job two
+    # places after it.)
+    starts = [job.first_token_at for job in jobs]
+    assert all(a is not None and b is not None and a <= b for a, b in zip(starts, starts[2:], strict=False))
+
+
 def test_the_slot_cache_moves_only_what_changes() -> None:
     heads, dim = 2, 3
 
