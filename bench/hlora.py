@@ -103,16 +103,19 @@ def work_floor(rank: int, experts: int) -> float:
 
 def summarise(rounds: list[list[dict]]) -> dict:
     """Per phase and batch: each variant's time over bare (all four linears summed), as the median and
-    min-max over rounds."""
+    min-max over rounds, and each variant's summed time (median over rounds, ms)."""
     summary: dict[str, dict] = {}
     for phase, batch in sorted({(r["phase"], r["batch"]) for r in rounds[0]}):
         ratios: dict[str, list[float]] = {}
+        times: dict[str, list[float]] = {}
         for rows in rounds:
             picked = [r for r in rows if r["phase"] == phase and r["batch"] == batch]
-            bare = sum(r["bare_ms"] for r in picked)
-            for variant in ("comprehension", "generation", "mixed"):
+            for variant in ("bare", "comprehension", "generation", "mixed"):
                 if all(f"{variant}_ms" in r for r in picked):
-                    ratios.setdefault(variant, []).append(sum(r[f"{variant}_ms"] for r in picked) / bare)
+                    times.setdefault(variant, []).append(sum(r[f"{variant}_ms"] for r in picked))
+            for variant in ("comprehension", "generation", "mixed"):
+                if variant in times:
+                    ratios.setdefault(variant, []).append(times[variant][-1] / times["bare"][-1])
         summary[f"{phase}_b{batch}"] = {
             f"{variant}_over_bare": {
                 "median": round(statistics.median(values), 3),
@@ -120,7 +123,7 @@ def summarise(rounds: list[list[dict]]) -> dict:
                 "max": round(max(values), 3),
             }
             for variant, values in ratios.items()
-        }
+        } | {"ms": {variant: round(statistics.median(values), 2) for variant, values in times.items()}}
     return summary
 
 
