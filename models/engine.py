@@ -375,10 +375,10 @@ class BatchEngine:
             carried = min(row.shape[0], chunk or row.shape[0])
             if budget is not None and accepted and tokens + carried > budget:
                 job.embedded = (job.plugin_key, row)
-                with self._cond:  # the rest keep their order, ahead of later arrivals
-                    self._waiting.extendleft(reversed(jobs[index:]))
+                self._put_back(jobs[index:])
                 break
             tokens += carried
+            job.embedded = None
             job.prompt_tokens = row.shape[0]
             embeddings.append(row)
             accepted.append(job)
@@ -399,6 +399,16 @@ class BatchEngine:
             # Exactly the prompt's width: its own small cache, written once per chunk, never regridded.
             cache=SlotCache(slots=len(accepted), rows=len(accepted), capacity=width, block=width),
         )
+
+    def _put_back(self, jobs: list[Job]) -> None:
+        """Joiners that wait for the next group: back at the head of the queue in their order, ahead of
+        later arrivals; refused if the engine closed meanwhile (its queue is already drained)."""
+        with self._cond:
+            if not self._closed:
+                self._waiting.extendleft(reversed(jobs))
+                return
+        for job in jobs:
+            job._finish(None, EngineClosed("the engine shut down before this request started"))
 
     def _prefill_chunk(self) -> None:
         """Run the next chunk of the prefilling group; after its last chunk its rows choose their first

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from models.contract import BatchModel, GenerationRequest
-from models.engine import BatchEngine, InvalidRequest, QueueFull, RequestCancelled
+from models.engine import BatchEngine, EngineClosed, InvalidRequest, Job, QueueFull, RequestCancelled
 from models.healthgpt import HealthGPT
 from models.kv_cache import SlotCache
 from models.limits import EngineLimits
@@ -306,6 +306,18 @@ def test_the_prefill_budget_splits_a_burst_into_groups_that_keep_their_order(tin
     # places after it.)
     starts = [job.first_token_at for job in jobs]
     assert all(a is not None and b is not None and a <= b for a, b in zip(starts, starts[2:], strict=False))
+
+
+def test_joiners_put_back_after_close_are_refused_not_stranded(tiny_model: HealthGPT) -> None:
+    engine = BatchEngine(tiny_model, EngineLimits(max_batch=2, prefill_budget_tokens=16))
+    job = engine.submit(GenerationRequest("What is shown?", _image(30), max_new_tokens=2))
+    job.result(60)
+    engine.close()  # drains the queue; a group being formed then puts its rest back
+    late = Job(request=GenerationRequest("Any effusion?", max_new_tokens=2), deadline=time.monotonic() + 60)
+    engine._put_back([late])
+    with pytest.raises(EngineClosed):
+        late.result(1)
+    assert engine.queue_length == 0
 
 
 def test_the_slot_cache_moves_only_what_changes() -> None:
