@@ -17,8 +17,15 @@ from torch.nn import functional as F
 
 
 def _onednn_linear_available() -> bool:
+    """Built in, and giving F.linear's answer on a small product here (a build or CPU where the op
+    misbehaves falls back to F.linear instead of failing a request)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        x, weight = torch.randn(3, 24, generator=generator), torch.randn(40, 24, generator=generator)
+        got = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
+        return bool(torch.allclose(got, F.linear(x, weight), atol=1e-4, rtol=1e-4))
     except (AttributeError, RuntimeError):
         return False
 
