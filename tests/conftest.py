@@ -47,6 +47,19 @@ def official_tiny() -> Path:
     return OFFICIAL_TINY
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test (modules opt in with ``usefixtures``): on a shared 2-core
+    machine one thread is several times faster for tiny matrices, and training on one leaves the other
+    core to a server or browser the test drives."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
     return ModelSpec.from_yaml(build_tiny(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0))

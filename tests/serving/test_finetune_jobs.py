@@ -11,12 +11,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -40,6 +38,9 @@ FINDINGS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def png(colour, size=(32, 32)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")
@@ -48,14 +49,6 @@ def png(colour, size=(32, 32)) -> bytes:
 
 def shade(colour, step: int):
     return tuple(min(255, value + 6 * step) for value in colour)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

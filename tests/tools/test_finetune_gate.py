@@ -47,6 +47,9 @@ FINDINGS = {  # colour of the study -> what it shows
 CHECKS = {"heldout_logprob", "regression_vqa", "image_reliance"}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def shade(colour: tuple[int, int, int], step: int) -> tuple[int, int, int]:
     """Another study of the same finding: the same colour, a little lighter."""
     return tuple(min(255, value + 6 * step) for value in colour)  # type: ignore[return-value]
@@ -130,14 +133,6 @@ def lab(tiny_spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Lab(tiny_spec, champion, good, shuffled, zeroed, heldout, load_regression_set(regression))
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gate(lab: Lab, challenger: Path, **options) -> GateReport:

@@ -63,16 +63,23 @@ def serving(client) -> Iterator[str]:
         listener.close()
 
 
-@pytest.fixture(scope="module")
-def web_app(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[WebApp]:
-    data = tmp_path_factory.mktemp("web")
-    client, services, people = open_api(data, f"sqlite:///{data / 'web.db'}", tiny_model)
+@contextmanager
+def hosted(client, services, people: People) -> Iterator[WebApp]:
+    """The app of an opened API (its TestClient, services and people) served for the browser; the client
+    and the services are closed afterwards."""
     try:
         with serving(client) as url:
             yield WebApp(url, people, services, client)
     finally:
         client.__exit__(None, None, None)
         services.close()
+
+
+@pytest.fixture(scope="module")
+def web_app(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[WebApp]:
+    data = tmp_path_factory.mktemp("web")
+    with hosted(*open_api(data, f"sqlite:///{data / 'web.db'}", tiny_model)) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

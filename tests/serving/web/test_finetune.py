@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from models.healthgpt import HealthGPT
 from serving.services import prepare_database
@@ -27,19 +26,10 @@ from tests.serving.test_finetune_jobs import (
     settings_for,
     shade,
 )
-from tests.serving.web.conftest import WebApp, serving, shot, sign_in
+from tests.serving.web.conftest import WebApp, hosted, shot, sign_in
 from tools.finetune.vqa import freeze_regression_set
 
-pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two cores are shared with the server thread and chromium: training on one keeps the pages live.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("one_thread")]
 
 
 def colour_regression_set(root: Path) -> Path:
@@ -61,13 +51,8 @@ def tuning_app(tmp_path_factory: pytest.TempPathFactory, tiny_spec) -> Iterator[
     settings = settings_for(data, f"sqlite:///{data / 'web.db'}", colour_regression_set(data / "regression"))
     prepare_database(settings).dispose()
     client, services = start(settings, HealthGPT(tiny_spec.model_copy(deep=True)))
-    people = make_people(services)
-    try:
-        with serving(client) as url:
-            yield WebApp(url, people, services, client)
-    finally:
-        client.__exit__(None, None, None)
-        services.close()
+    with hosted(client, services, make_people(services)) as app:
+        yield app
 
 
 @pytest.fixture
@@ -96,6 +81,13 @@ def answer_provenance(browser, app: WebApp) -> str:
         context.close()
 
 
+def submit_with_reason(page, action: str, key: str, reason: str) -> None:
+    """Fill the reason of the admin page's ``action`` form for ``key`` (a version or a plugin) and send it."""
+    page.get_by_test_id(f"{action}-reason-{key}").fill(reason)
+    page.locator(f"form:has([data-testid='{action}-reason-{key}']) [data-testid=adapter-{action}]").click()
+    page.wait_for_load_state()
+
+
 def test_a_fine_tune_succeeds_is_promoted_then_rolled_back(browser, tuning_context, tuning_app) -> None:
     app = tuning_app
     base = app.services.model.info().adapter_versions[PLUGIN]
@@ -121,20 +113,12 @@ def test_a_fine_tune_succeeds_is_promoted_then_rolled_back(browser, tuning_conte
 
     # Promoted with a reason: the next answer's provenance names the new version.
     admin.goto("/app/admin")
-    admin.get_by_test_id(f"promote-reason-{candidate}").fill("better on the physicians' corrections")
-    admin.locator(
-        f"form:has([data-testid='promote-reason-{candidate}']) [data-testid=adapter-promote]"
-    ).click()
-    admin.wait_for_load_state()
+    submit_with_reason(admin, "promote", candidate, "better on the physicians' corrections")
     assert f"{PLUGIN} {candidate} ← {base}" in admin.get_by_test_id("admin-done").inner_text()
     shot(admin, "admin-promoted")
     assert f"adapter {candidate}," in answer_provenance(browser, app)
 
     # Rolled back with a reason: the old champion answers again.
-    admin.get_by_test_id(f"rollback-reason-{PLUGIN}").fill("drill")
-    admin.locator(
-        f"form:has([data-testid='rollback-reason-{PLUGIN}']) [data-testid=adapter-rollback]"
-    ).click()
-    admin.wait_for_load_state()
+    submit_with_reason(admin, "rollback", PLUGIN, "drill")
     assert f"{PLUGIN} {base} ← {candidate}" in admin.get_by_test_id("admin-done").inner_text()
     assert f"adapter {base}," in answer_provenance(browser, app)
