@@ -1,45 +1,74 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 16): random HealthGPT-M3 weights at full depth in bfloat16, then the
-# serving benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline), the H-LoRA
-# benchmark at the released ranks and image generation (1,024 VQ tokens + VQGAN decode). Results:
-# bench/results/{serving,hlora,image-gen}-gpu.json (or under $OUT where the device tool sets it).
-# Planned to end within 10 minutes on one H100/H200; each step has its own time limit.
+# One prepared GPU run (issue 16): random HealthGPT-M3 weights at full depth in bfloat16, then image
+# generation (1,024 VQ tokens + VQGAN decode), the H-LoRA benchmark at the released ranks and the serving
+# benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline). Results:
+# {serving,hlora,image-gen}-gpu.json and the log gpu.log under $OUT where the device tool sets it, else
+# bench/results. Sized for a 15-minute lease on one H100/H200: each step has its own time limit (about
+# 8 minutes in all) and a step that fails or runs out does not stop the next.
 #
 # The device machine has python3 with torch, transformers and CUDA, and no network. Once, here:
 #   bench/gpu-wheels.sh            # the few wheels its image lacks, into .whl/ (git-ignored)
 # then on the device: bench/gpu.sh, carrying .whl.
-set -euo pipefail
+#
+# A dry run of the same steps on a CPU (minutes, M3 width, one layer):
+#   DEVICE=cpu DTYPE=float32 LAYERS=1 CONCURRENCY=1 PYTHON=.venv/bin/python OUT=/tmp/gpu-dry bench/gpu.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+LAYERS=${LAYERS:-}              # empty: the released depth
+CONCURRENCY=${CONCURRENCY:-1,8,32}
 RESULTS=${OUT:-bench/results}
-MODEL=${MODEL_DIR:-/tmp/healthgpt-m3-random}
+SUFFIX=${SUFFIX:-gpu}
+MODEL=${MODEL_DIR:-/tmp/healthgpt-m3-random-$DTYPE${LAYERS:+-$LAYERS}}
 export PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS"
+exec > >(tee -a "$RESULTS/$SUFFIX.log") 2>&1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if [ "$DEVICE" = cuda ] && compgen -G ".whl/*.whl" >/dev/null; then  # the device image's python3 lacks them
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing the carried wheels failed"; exit 1; }
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-"$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name())'
-mkdir -p "$RESULTS"
-step() { echo "== $(date +%T) $*"; }
+if [ "$DEVICE" = cuda ]; then
+    "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' \
+        || exit 1
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv || true
+fi
+failed=0
+step() {  # step SECONDS NAME COMMAND...: run with a time limit, report, go on
+    local limit=$1 name=$2 started=$SECONDS
+    shift 2
+    echo "== $(date +%T) $name (limit ${limit}s)"
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - started))s"
+    [ $rc -eq 0 ] || failed=1
+}
 
-step "random M3 weights, 32 layers, bfloat16 -> $MODEL"
 if [ ! -f "$MODEL/healthgpt.yaml" ]; then
-    timeout 240 "$PY" -c "
+    step 150 "random M3 weights${LAYERS:+, $LAYERS layers}, $DTYPE -> $MODEL" "$PY" -c "
 from pathlib import Path
 from models.random_weights import build_random
-print(build_random('m3', Path('$MODEL'), dtype='bfloat16', draw_on='cuda', progress=print))"
+layers = int('$LAYERS') if '$LAYERS' else None
+print(build_random('m3', Path('$MODEL'), layers=layers, dtype='$DTYPE', draw_on='$DEVICE', progress=print))"
 fi
+[ -f "$MODEL/healthgpt.yaml" ] || { echo "no model: nothing else can run"; exit 1; }
 
-step "serving: official (rebuild + generate) vs sequential vs engine, C=1,8,32"
-timeout 330 "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device cuda --concurrency 1,8,32 \
-    --official-requests 2 --out "$RESULTS/serving-gpu.json"
+step 110 "image generation: 1,024 VQ tokens + VQGAN decode" \
+    "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 2 \
+    --out "$RESULTS/image-gen-$SUFFIX.json"
 
-step "H-LoRA layers at the released ranks"
-timeout 90 "$PY" -m bench.hlora --device cuda --dtype bfloat16 --out "$RESULTS/hlora-gpu.json"
+step 50 "H-LoRA layers at the released ranks" \
+    "$PY" -m bench.hlora --device "$DEVICE" --dtype "$DTYPE" --rounds 3 --out "$RESULTS/hlora-$SUFFIX.json"
 
-step "image generation: 1,024 VQ tokens + VQGAN decode"
-timeout 120 "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device cuda --runs 3 \
-    --out "$RESULTS/image-gen-gpu.json"
-step "done"
+# (b) serves one request at a time: its throughput does not depend on C, so 8 requests per level do.
+step 230 "serving: official (rebuild + generate) vs sequential vs engine, C=$CONCURRENCY" \
+    "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --concurrency "$CONCURRENCY" \
+    --official-requests 2 --sequential-requests 8 --requests-per-client 1 --out "$RESULTS/serving-$SUFFIX.json"
+
+echo "== $(date +%T) done; results in $RESULTS"
+ls -la "$RESULTS"
+exit $failed

@@ -8,14 +8,15 @@
 
     .venv/bin/python -m bench.serving [--spec tiny|SPEC.yaml] [--device cpu] [--out FILE.json]
         [--attention auto|eager|sdpa] [--prefill-chunk TOKENS, 0 = whole prompts]
-        [--prefill-budget TOKENS, 0 = none]
+        [--prefill-budget TOKENS, 0 = none] [--sequential-requests N, 0 = as many as (c)]
 
 Clients: C threads (C = 1, 8, 16, 32 by default) sending requests back to back; the load is mixed: half
 comprehension (a question about an image), half generation (an 8x8 grid of VQ tokens; the VQGAN decode is
 excluded). Reported per mode and concurrency: throughput (requests/s, generated tokens/s), latency
 p50/p99 (queueing included), time to first token p50 where the mode streams ((a) answers whole), and the
 peak resident memory (CPU) or GPU memory so far. Official requests are serialised as in the official
-app, so fewer of them are timed (``--official-requests``): its throughput does not depend on C.
+app, so fewer of them are timed (``--official-requests``): its throughput does not depend on C; nor
+does (b)'s, which may be capped too (``--sequential-requests``) where time is short (a lent GPU).
 
 A roofline figure comes with it: at batch 1 a decode step reads every weight once, so the step can take
 no less than (bytes of the weights a step reads) / (memory bandwidth). The same run measures the
@@ -307,6 +308,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,16,32")
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--official-requests", type=int, default=16, help="(a) is slow: fewer requests")
+    parser.add_argument(
+        "--sequential-requests",
+        type=int,
+        default=0,
+        help="cap on (b)'s requests per level (one row: its throughput does not depend on C); 0: no cap",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving-cpu.json"))
     parser.add_argument("--attention", choices=["auto", "eager", "sdpa"], default="auto")
     parser.add_argument(
@@ -340,48 +347,7 @@ def main() -> None:
     print(f"model {shape} on {args.device}", flush=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, list[dict]] = {"official": [], "sequential": [], "ours": []}
-    official = Official(spec, args.device)
-    sequential = Sequential(model)
-    sequential.device = args.device
-    measure(Ours(model, 32), workload(4), 4)  # warm-up: kernels, allocator, the first rebuild's caches
-    official.run(workload(1)[0])
-    for concurrency in levels:
-        count = max(8, concurrency * args.requests_per_client)
-        requests = workload(count)
-        before, before_s = official.rebuilds, official.rebuild_s
-        row = measure(official, workload(min(count, args.official_requests)), concurrency)
-        rebuilds = official.rebuilds - before
-        row.update(
-            rebuilds=rebuilds, rebuild_s_mean=round((official.rebuild_s - before_s) / max(1, rebuilds), 3)
-        )
-        results["official"].append(row)
-        results["sequential"].append(measure(sequential, requests, concurrency))
-        ours = Ours(model, max_batch=max(1, concurrency))
-        ours.device = args.device
-        results["ours"].append(measure(ours, requests, concurrency))
-        ours.engine.close()
-        for mode in results:
-            row = results[mode][-1]
-            print(
-                f"C={concurrency:>2} {mode:<10} {row['requests_per_s']:>7.2f} req/s "
-                f"{row['tokens_per_s']:>8.1f} tok/s "
-                f"p50 {row['latency_p50_s']:.3f}s p99 {row['latency_p99_s']:.3f}s ttft {row['ttft_p50_s']} "
-                f"peak {row['peak_memory_mib']} MiB",
-                flush=True,
-            )
-    sequential.engine.close()
-    bound = roofline(model, args.device)
-    print(f"roofline {bound}", flush=True)
-    ceiling = ceilings(results, prefill_seconds(model))
-    print(f"ceiling {ceiling}", flush=True)
-    ratios = {
-        str(row["concurrency"]): {
-            "ours_vs_sequential": round(row["requests_per_s"] / seq["requests_per_s"], 2),
-            "ours_vs_official": round(row["requests_per_s"] / off["requests_per_s"], 2),
-        }
-        for row, seq, off in zip(results["ours"], results["sequential"], results["official"], strict=True)
-    }
-    report = {
+    report: dict = {
         "benchmark": "serving: official path (rebuild + transformers generate, batch 1) vs sequential vs "
         "continuous batching (mixed load)",
         "machine": {
@@ -400,16 +366,65 @@ def main() -> None:
             "prefill_budget_tokens": PREFILL_BUDGET,
             "linear_products": "oneDNN" if model.onednn else "F.linear",
         },
-        "load_avg_1m_5m_15m": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "workload": {"text_tokens": TEXT_TOKENS, "vq_tokens": GRID, "mix": "1:1 comprehension:generation"},
-        "throughput_ratios": ratios,
-        "roofline": bound,
-        "ceiling": ceiling,
+        "roofline": None,
+        "ceiling": None,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(ratios, indent=2))
+
+    def write(partial: bool, **parts: dict) -> None:
+        """The report as it stands, rewritten after each level: a run cut short (a lease's time limit)
+        still leaves the levels it finished, marked ``partial``."""
+        for key, value in parts.items():
+            report[key] = value
+            print(f"{key} {value}", flush=True)
+        report["partial"] = partial
+        report["load_avg_1m_5m_15m"] = {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]}
+        report["throughput_ratios"] = {
+            str(row["concurrency"]): {
+                "ours_vs_sequential": round(row["requests_per_s"] / seq["requests_per_s"], 2),
+                "ours_vs_official": round(row["requests_per_s"] / off["requests_per_s"], 2),
+            }
+            for row, seq, off in zip(results["ours"], results["sequential"], results["official"], strict=True)
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    official = Official(spec, args.device)
+    sequential = Sequential(model)
+    sequential.device = args.device
+    measure(Ours(model, 32), workload(4), 4)  # warm-up: kernels, allocator, the first rebuild's caches
+    official.run(workload(1)[0])
+    for concurrency in levels:
+        count = max(8, concurrency * args.requests_per_client)
+        requests = workload(count)
+        before, before_s = official.rebuilds, official.rebuild_s
+        row = measure(official, workload(min(count, args.official_requests)), concurrency)
+        rebuilds = official.rebuilds - before
+        row.update(
+            rebuilds=rebuilds, rebuild_s_mean=round((official.rebuild_s - before_s) / max(1, rebuilds), 3)
+        )
+        results["official"].append(row)
+        sequential_count = min(count, args.sequential_requests) if args.sequential_requests else count
+        results["sequential"].append(measure(sequential, workload(sequential_count), concurrency))
+        ours = Ours(model, max_batch=max(1, concurrency))
+        ours.device = args.device
+        results["ours"].append(measure(ours, requests, concurrency))
+        ours.engine.close()
+        for mode in results:
+            row = results[mode][-1]
+            print(
+                f"C={concurrency:>2} {mode:<10} {row['requests_per_s']:>7.2f} req/s "
+                f"{row['tokens_per_s']:>8.1f} tok/s "
+                f"p50 {row['latency_p50_s']:.3f}s p99 {row['latency_p99_s']:.3f}s ttft {row['ttft_p50_s']} "
+                f"peak {row['peak_memory_mib']} MiB",
+                flush=True,
+            )
+        write(partial=True)
+    sequential.engine.close()
+    write(partial=True, roofline=roofline(model, args.device))
+    write(partial=False, ceiling=ceilings(results, prefill_seconds(model)))
+    print(json.dumps(report["throughput_ratios"], indent=2))
 
 
 if __name__ == "__main__":

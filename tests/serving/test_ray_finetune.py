@@ -26,14 +26,13 @@ from tests.serving.test_finetune_jobs import PLUGIN, _fresh_redis, correct_reads
 from tests.serving.test_ray_serve import LoadGenerator, _settings
 from tools.healthgpt import AskRequest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_thread")]  # one torch thread in this process
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from serving.deployments import HealthGPTDeployment, configured_deployments  # noqa: E402 - needs ray
 
-one_thread = jobs.one_thread  # autouse here too: one torch thread in this process
 regression = jobs.regression  # the frozen regression set of the gate (module-scoped)
 QUESTIONS = [f"What is shown? ({index})" for index in range(3)]
 
