@@ -19,6 +19,10 @@ DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 LAYERS=${LAYERS:-}              # empty: the released depth
 CONCURRENCY=${CONCURRENCY:-1,8,32}
+STEPS=${STEPS:-image,hlora,serving,profile}   # which steps, in this order
+OFFICIAL_REQUESTS=${OFFICIAL_REQUESTS:-2}
+SEQUENTIAL_REQUESTS=${SEQUENTIAL_REQUESTS:-8}
+SERVING_LIMIT=${SERVING_LIMIT:-230}               # seconds
 RESULTS=${OUT:-bench/results}
 SUFFIX=${SUFFIX:-gpu}
 MODEL=${MODEL_DIR:-/tmp/healthgpt-m3-random-$DTYPE${LAYERS:+-$LAYERS}}
@@ -38,9 +42,10 @@ if [ "$DEVICE" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv || true
 fi
 failed=0
-step() {  # step SECONDS NAME COMMAND...: run with a time limit, report, go on
-    local limit=$1 name=$2 started=$SECONDS
-    shift 2
+step() {  # step KEY SECONDS NAME COMMAND...: if KEY is in STEPS, run with a time limit, report, go on
+    local key=$1 limit=$2 name=$3 started=$SECONDS
+    shift 3
+    [[ $key == model || ",$STEPS," == *",$key,"* ]] || return 0
     echo "== $(date +%T) $name (limit ${limit}s)"
     timeout "$limit" "$@"
     local rc=$?
@@ -49,7 +54,7 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, report, go on
 }
 
 if [ ! -f "$MODEL/healthgpt.yaml" ]; then
-    step 150 "random M3 weights${LAYERS:+, $LAYERS layers}, $DTYPE -> $MODEL" "$PY" -c "
+    step model 150 "random M3 weights${LAYERS:+, $LAYERS layers}, $DTYPE -> $MODEL" "$PY" -c "
 from pathlib import Path
 from models.random_weights import build_random
 layers = int('$LAYERS') if '$LAYERS' else None
@@ -57,17 +62,26 @@ print(build_random('m3', Path('$MODEL'), layers=layers, dtype='$DTYPE', draw_on=
 fi
 [ -f "$MODEL/healthgpt.yaml" ] || { echo "no model: nothing else can run"; exit 1; }
 
-step 110 "image generation: 1,024 VQ tokens + VQGAN decode" \
-    "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 2 \
-    --out "$RESULTS/image-gen-$SUFFIX.json"
-
-step 50 "H-LoRA layers at the released ranks" \
-    "$PY" -m bench.hlora --device "$DEVICE" --dtype "$DTYPE" --rounds 3 --out "$RESULTS/hlora-$SUFFIX.json"
-
-# (b) serves one request at a time: its throughput does not depend on C, so 8 requests per level do.
-step 230 "serving: official (rebuild + generate) vs sequential vs engine, C=$CONCURRENCY" \
-    "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --concurrency "$CONCURRENCY" \
-    --official-requests 2 --sequential-requests 8 --requests-per-client 1 --out "$RESULTS/serving-$SUFFIX.json"
+run_step() {
+    case $1 in
+    image) step image 110 "image generation: 1,024 VQ tokens + VQGAN decode" \
+        "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 2 \
+        --out "$RESULTS/image-gen-$SUFFIX.json" ;;
+    hlora) step hlora 50 "H-LoRA layers at the released ranks" \
+        "$PY" -m bench.hlora --device "$DEVICE" --dtype "$DTYPE" --rounds 3 --out "$RESULTS/hlora-$SUFFIX.json" ;;
+    # (b) serves one request at a time: its throughput does not depend on C, so a few requests per level do.
+    serving) step serving "$SERVING_LIMIT" "serving: official (rebuild + generate) vs sequential vs engine, C=$CONCURRENCY" \
+        "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --concurrency "$CONCURRENCY" \
+        --official-requests "$OFFICIAL_REQUESTS" --sequential-requests "$SEQUENTIAL_REQUESTS" \
+        --requests-per-client 1 --out "$RESULTS/serving-$SUFFIX.json" ;;
+    profile) step profile 60 "decode step: wall time, operators, launches, syncs, device time" \
+        "$PY" -m bench.step_profile --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --batch 1,8 --tokens 24 \
+        --out "$RESULTS/step-profile-$SUFFIX.json" ;;
+    *) echo "unknown step $1 (choose from image, hlora, serving, profile)"; failed=1 ;;
+    esac
+}
+IFS=, read -ra chosen <<<"$STEPS"
+for name in "${chosen[@]}"; do run_step "$name"; done
 
 echo "== $(date +%T) done; results in $RESULTS"
 ls -la "$RESULTS"

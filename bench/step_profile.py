@@ -1,0 +1,153 @@
+"""Where a decode step's time goes: decode at batch B, timed plainly (the serving engine, and the model's
+reference loop) and counted under torch.profiler on the reference loop (operators dispatched, kernel
+launches, host synchronisations, device kernel time). The profiler records the thread that starts it,
+and the engine decodes on its own thread; the reference loop runs the same forward per layer.
+
+    .venv/bin/python -m bench.step_profile --spec SPEC.yaml [--device cuda] [--batch 1,8] [--tokens 24]
+        [--out FILE.json]
+
+Per step = (a run of T new tokens) - (a run of 1 new token, the prefill alone), over T - 1 steps, so the
+prompt's prefill is not counted. ``device_busy`` is the device's kernel time over the reference loop's
+plain wall time: well under 1 means the step waits on the host (Python and operator dispatch), not on
+the GPU, which is what CUDA graphs or fewer, larger operators would remove. Half the rows are
+comprehension, half generation, text prompts (no image), greedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.serving import _sync, limits
+from models.contract import GenerationRequest
+from models.engine import BatchEngine
+from models.healthgpt import HealthGPT
+from models.tiny import resolve_spec
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def _requests(batch: int, tokens: int) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(f"Describe finding {i} in detail.", None, "comprehension", tokens)
+        if i % 2 == 0
+        else GenerationRequest(
+            "Generate the corresponding MRI.", None, "generation", tokens, constrain_vq=tokens
+        )
+        for i in range(batch)
+    ]
+
+
+def _run(engine: BatchEngine, batch: int, tokens: int) -> float:
+    """Wall seconds for ``batch`` rows of ``tokens`` new tokens each, submitted together."""
+    _sync(str(engine.model.device))
+    started = time.perf_counter()
+    jobs = [engine.submit(request) for request in _requests(batch, tokens)]
+    for job in jobs:
+        answer = job.result(3600)
+        if len(answer.token_ids) != tokens:
+            raise RuntimeError(f"expected {tokens} tokens, got {len(answer.token_ids)}")
+    _sync(str(engine.model.device))
+    return time.perf_counter() - started
+
+
+def _reference(model: HealthGPT, batch: int, tokens: int) -> float:
+    """Wall seconds of the model's reference loop (``HealthGPT.generate``) on the same requests."""
+    _sync(str(model.device))
+    started = time.perf_counter()
+    model.generate(_requests(batch, tokens))
+    _sync(str(model.device))
+    return time.perf_counter() - started
+
+
+def _counts(model: HealthGPT, batch: int, tokens: int, cuda: bool) -> dict[str, float]:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        _reference(model, batch, tokens)
+    totals = {"operators": 0.0, "kernel_launches": 0.0, "host_syncs": 0.0, "device_kernel_ms": 0.0}
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            totals["operators"] += event.count
+        elif event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
+            totals["kernel_launches"] += event.count
+        elif event.key.startswith(SYNCS):
+            totals["host_syncs"] += event.count
+    if cuda:
+        # Kernels are the events that ran on the device; their self time is the device's busy time.
+        for event in prof.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                totals["device_kernel_ms"] += event.self_device_time_total / 1000
+    return totals
+
+
+def profile_batch(model: HealthGPT, batch: int, tokens: int) -> dict:
+    cuda = model.device.type == "cuda"
+    engine = BatchEngine(model, limits(batch, max_queue=2 * batch))
+    try:
+        _run(engine, batch, 4)  # warm-up: kernels, allocator, cache blocks
+        wall_steps = (_run(engine, batch, tokens) - _run(engine, batch, 1)) / (tokens - 1)
+    finally:
+        engine.close()
+    _reference(model, batch, 4)
+    reference_steps = (_reference(model, batch, tokens) - _reference(model, batch, 1)) / (tokens - 1)
+    full, prefill = _counts(model, batch, tokens, cuda), _counts(model, batch, 1, cuda)
+    per_step = {key: round((full[key] - prefill[key]) / (tokens - 1), 2) for key in full}
+    row = {
+        "batch": batch,
+        "tokens": tokens,
+        "engine_step_ms": round(wall_steps * 1000, 2),
+        "reference_step_ms": round(reference_steps * 1000, 2),
+        **per_step,
+    }
+    if cuda:
+        row["device_busy"] = round(per_step["device_kernel_ms"] / (reference_steps * 1000), 3)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="tiny", help="'tiny' or a model spec YAML")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", default="1,8")
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/step-profile-cpu.json"))
+    args = parser.parse_args()
+    if args.tokens < 2:
+        parser.error("--tokens must be at least 2 (one prefill token plus decode steps)")
+
+    spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
+    model = HealthGPT(spec, device=args.device)
+    report = {
+        "benchmark": "decode step: wall time, operators, kernel launches, host syncs, device kernel time",
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        },
+        "model": {
+            "spec": spec.name,
+            "dtype": spec.dtype,
+            "hidden": model.llm.config.hidden_size,
+            "layers": model.llm.config.num_hidden_layers,
+            "attention": model.attention,
+        },
+        "rows": [],
+    }
+    for batch in (int(b) for b in args.batch.split(",")):
+        row = profile_batch(model, batch, args.tokens)
+        print(json.dumps(row), flush=True)
+        report["rows"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
