@@ -31,6 +31,23 @@ def test_forward_matches_closed_form() -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_gate_broadcast_gives_the_official_products_exactly() -> None:
+    """The gate is applied per expert through a broadcast view; the products must be the official
+    formulation's (gate repeated over each expert's rank rows) to the last bit, in every precision."""
+    torch.manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        layer = HLoRALinear(nn.Linear(16, 9).to(dtype))
+        plugin = layer.add_plugin("p", r=12, alpha=24, experts=4)
+        nn.init.normal_(plugin.lora_B.weight)
+        for shape in ((5, 16), (2, 3, 16)):
+            x = torch.randn(shape, dtype=dtype)
+            with torch.no_grad():
+                low_rank = plugin.lora_A(x) * plugin.scaling
+                gate = torch.softmax(plugin.lora_route(x), dim=-1).to(dtype)
+                official = plugin.lora_B(torch.repeat_interleave(gate, 3, dim=-1) * low_rank)
+                assert torch.equal(plugin.delta(x, dtype), official), (dtype, shape)
+
+
 def test_fresh_plugin_is_identity_and_plugins_are_independent() -> None:
     torch.manual_seed(1)
     layer = HLoRALinear(nn.Linear(6, 6))
