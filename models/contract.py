@@ -70,8 +70,11 @@ class BatchModel(Protocol):
         ``last_only``, of the last position only."""
         ...
 
-    def next_token(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
-        """The token to emit after ``so_far`` given one row's last logits ``[vocab]``."""
+    def choose_tokens(
+        self, logits: torch.Tensor, rows: Sequence[tuple[int | None, list[int]]]
+    ) -> list[tuple[int, float]]:
+        """Each row's next token and its log-probability, given the rows' last logits ``[rows, vocab]``
+        and per row (constrain_vq, the tokens so far)."""
         ...
 
     def decode_text(self, token_ids: list[int]) -> str:

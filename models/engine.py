@@ -465,7 +465,9 @@ class BatchEngine:
     def _emit(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Choose each row's next token, stream it, finish rows that are done; returns rows to keep."""
         model = self.model
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = model.choose_tokens(
+            logits, [(row.job.request.constrain_vq, row.job.generated) for row in rows]
+        )
         keep = []
         now = time.monotonic()
         self.forward_passes += 1
@@ -478,9 +480,9 @@ class BatchEngine:
             if now > job.deadline:
                 job._finish(None, RequestTimedOut(f"exceeded {self.limits.request_timeout_s:.0f} s"))
                 continue
-            token = model.next_token(logits[i], r.constrain_vq, job.generated)
+            token, logprob = chosen[i]
             job.generated.append(token)
-            job.logprobs.append(float(logprobs[i, token]))
+            job.logprobs.append(logprob)
             self.tokens_generated += 1
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()

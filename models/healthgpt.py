@@ -478,15 +478,15 @@ class HealthGPT:
         done = [False] * len(requests)
         limit = max(r.max_new_tokens for r in requests)
         for _ in range(limit):
-            next_ids = [
-                self.next_token(logits[i], r.constrain_vq, outputs[i]) for i, r in enumerate(requests)
-            ]
-            step_logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for i, token in enumerate(next_ids):
+            chosen = self.choose_tokens(
+                logits, [(r.constrain_vq, outputs[i]) for i, r in enumerate(requests)]
+            )
+            next_ids = [token for token, _ in chosen]
+            for i, (token, logprob) in enumerate(chosen):
                 if done[i]:
                     continue
                 outputs[i].append(token)
-                chosen_logprobs[i].append(float(step_logprobs[i, token]))
+                chosen_logprobs[i].append(logprob)
                 if token in self.eos_token_ids or len(outputs[i]) >= requests[i].max_new_tokens:
                     done[i] = True
             if all(done):
@@ -508,13 +508,50 @@ class HealthGPT:
             for r, out, lp, row in zip(requests, outputs, chosen_logprobs, rows, strict=True)
         ]
 
-    def next_token(self, logits: torch.Tensor, constrain_vq: int | None, so_far: list[int]) -> int:
-        """The greedy choice from one row's logits ``[vocab]``; with ``constrain_vq``, exactly that many VQ
-        tokens, then <end_index>."""
+    def choose_tokens(
+        self, logits: torch.Tensor, rows: Sequence[tuple[int | None, list[int]]]
+    ) -> list[tuple[int, float]]:
+        """Each row's greedy token and its log-probability from the last logits ``[rows, vocab]``.
+
+        ``rows`` holds (constrain_vq, the tokens so far) per row; with ``constrain_vq``, exactly that many
+        VQ tokens, then <end_index>, then the end token. Every row's choice reaches the host in one
+        transfer: each transfer waits for the device, so a batch must not pay one per row."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        modes = [self._choice_mode(constrain_vq, so_far) for constrain_vq, so_far in rows]
+        choices = {"free": torch.argmax(logits, dim=-1)}
+        if "vq" in modes:  # only VQ tokens until the grid is full
+            vq_ids = self.vq_token_ids
+            assert vq_ids is not None
+            choices["vq"] = vq_ids[torch.argmax(logits.index_select(-1, vq_ids), dim=-1)]
+        forced = [(i, mode) for i, mode in enumerate(modes) if isinstance(mode, int)]
+        parts = [part for ids in choices.values() for part in (ids, logprobs.gather(1, ids[:, None])[:, 0])]
+        parts += [logprobs[i, token].reshape(1) for i, token in forced]
+        # float64 holds every token id and every float32 log-probability exactly.
+        values = torch.cat([part.double() for part in parts]).tolist()
+        count = len(rows)
+        picked = {}  # per kind of choice: (token, log-probability) of every row
+        for k, name in enumerate(choices):
+            ids, chosen = (
+                values[2 * k * count : (2 * k + 1) * count],
+                values[(2 * k + 1) * count : (2 * k + 2) * count],
+            )
+            picked[name] = list(zip(ids, chosen, strict=True))
+        forced_logprobs = dict(zip((i for i, _ in forced), values[2 * len(choices) * count :], strict=True))
+        out = []
+        for i, mode in enumerate(modes):
+            if isinstance(mode, int):
+                out.append((mode, forced_logprobs[i]))
+            else:
+                token, logprob = picked[mode][i]
+                out.append((int(token), logprob))
+        return out
+
+    def _choice_mode(self, constrain_vq: int | None, so_far: list[int]) -> str | int:
+        """'free' (any token), 'vq' (a VQ token) or the one token the row must emit next."""
         if constrain_vq is None or self.vq_token_ids is None:
-            return int(torch.argmax(logits))
-        if len(so_far) < constrain_vq:  # only VQ tokens until the grid is full
-            return int(self.vq_token_ids[torch.argmax(logits[self.vq_token_ids])])
+            return "free"
+        if len(so_far) < constrain_vq:
+            return "vq"
         if len(so_far) == constrain_vq:
             return self.tokenizer.token_to_id(END_INDEX)
         return self.eos_token_ids[-1]

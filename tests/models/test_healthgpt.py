@@ -136,3 +136,35 @@ def test_qwen2_backbone_runs_with_every_projection_adapted(tmp_path: Path) -> No
     assert all(report.ok for report in model.load_reports.values())
     answer = model.ask("What is shown?", Image.new("RGB", (30, 60), (5, 5, 5)), max_new_tokens=5)
     assert 1 <= len(answer.token_ids) <= 5
+
+
+def test_choose_tokens_follows_each_rows_rule_in_one_batch(tiny_model: HealthGPT) -> None:
+    """A batch of rows in every mode (free, VQ, <end_index> due, end due) gets the greedy choice of its
+    own rule, and the log-probability of the token it got, from one call."""
+    torch.manual_seed(3)
+    vocab = len(tiny_model.tokenizer)
+    logits = torch.randn(5, vocab)
+    vq = tiny_model.vq_token_ids
+    grid = 4
+    rows = [
+        (None, []),  # free
+        (grid, [1]),  # still filling the grid: a VQ token
+        (grid, [1, 2, 3, 4]),  # grid full: <end_index>
+        (grid, [1, 2, 3, 4, 5]),  # after <end_index>: the end token
+        (grid, []),  # a VQ token
+    ]
+    chosen = tiny_model.choose_tokens(logits, rows)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    end_index = tiny_model.tokenizer.token_to_id("<end_index>")
+    expected = [
+        int(torch.argmax(logits[0])),
+        int(vq[torch.argmax(logits[1, vq])]),
+        end_index,
+        tiny_model.eos_token_ids[-1],
+        int(vq[torch.argmax(logits[4, vq])]),
+    ]
+    assert [token for token, _ in chosen] == expected
+    for i, (token, logprob) in enumerate(chosen):
+        assert logprob == float(logprobs[i, token])
+    # A row's choice does not depend on the others in the batch.
+    assert tiny_model.choose_tokens(logits[[0, 4]], [rows[0], rows[4]]) == [chosen[0], chosen[4]]
