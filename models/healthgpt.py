@@ -516,41 +516,29 @@ class HealthGPT:
         ``rows`` holds (constrain_vq, the tokens so far) per row; with ``constrain_vq``, exactly that many
         VQ tokens, then <end_index>, then the end token. Every row's choice reaches the host in one
         transfer: each transfer waits for the device, so a batch must not pay one per row."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
         modes = [self._choice_mode(constrain_vq, so_far) for constrain_vq, so_far in rows]
-        choices = {"free": torch.argmax(logits, dim=-1)}
-        if "vq" in modes:  # only VQ tokens until the grid is full
-            vq_ids = self.vq_token_ids
-            assert vq_ids is not None
-            choices["vq"] = vq_ids[torch.argmax(logits.index_select(-1, vq_ids), dim=-1)]
-        forced = [(i, mode) for i, mode in enumerate(modes) if isinstance(mode, int)]
-        parts = [part for ids in choices.values() for part in (ids, logprobs.gather(1, ids[:, None])[:, 0])]
-        parts += [logprobs[i, token].reshape(1) for i, token in forced]
+        kinds = list(dict.fromkeys(modes))  # the kinds of choice this batch needs, one column each
+        candidates = torch.stack([self._candidates(kind, logits) for kind in kinds], dim=1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, candidates)
         # float64 holds every token id and every float32 log-probability exactly.
-        values = torch.cat([part.double() for part in parts]).tolist()
-        count = len(rows)
-        picked = {}  # per kind of choice: (token, log-probability) of every row
-        for k, name in enumerate(choices):
-            ids, chosen = (
-                values[2 * k * count : (2 * k + 1) * count],
-                values[(2 * k + 1) * count : (2 * k + 2) * count],
-            )
-            picked[name] = list(zip(ids, chosen, strict=True))
-        forced_logprobs = dict(zip((i for i, _ in forced), values[2 * len(choices) * count :], strict=True))
-        out = []
-        for i, mode in enumerate(modes):
-            if isinstance(mode, int):
-                out.append((mode, forced_logprobs[i]))
-            else:
-                token, logprob = picked[mode][i]
-                out.append((int(token), logprob))
-        return out
+        table = torch.stack([candidates.double(), logprobs.double()], dim=-1).tolist()
+        column = {kind: k for k, kind in enumerate(kinds)}
+        return [(int(table[i][column[mode]][0]), table[i][column[mode]][1]) for i, mode in enumerate(modes)]
+
+    def _candidates(self, kind: str | int, logits: torch.Tensor) -> torch.Tensor:
+        """Every row's choice of one kind: any token, a VQ token, or one given token."""
+        if kind == "free":
+            return torch.argmax(logits, dim=-1)
+        if kind == "vq":
+            assert self.vq_token_ids is not None
+            return self.vq_token_ids[torch.argmax(logits.index_select(-1, self.vq_token_ids), dim=-1)]
+        return torch.full((logits.shape[0],), kind, dtype=torch.long, device=logits.device)
 
     def _choice_mode(self, constrain_vq: int | None, so_far: list[int]) -> str | int:
         """'free' (any token), 'vq' (a VQ token) or the one token the row must emit next."""
         if constrain_vq is None or self.vq_token_ids is None:
             return "free"
-        if len(so_far) < constrain_vq:
+        if len(so_far) < constrain_vq:  # only VQ tokens until the grid is full
             return "vq"
         if len(so_far) == constrain_vq:
             return self.tokenizer.token_to_id(END_INDEX)
