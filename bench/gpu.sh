@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One prepared GPU run (issue 16): random HealthGPT-M3 weights at full depth in bfloat16, then image
 # generation (1,024 VQ tokens + VQGAN decode), the H-LoRA benchmark at the released ranks and the serving
-# benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline). Results:
-# {serving,hlora,image-gen}-gpu.json and the log gpu.log under $OUT where the device tool sets it, else
-# bench/results. Sized for a 15-minute lease on one H100/H200: each step has its own time limit (about
-# 8 minutes in all) and a step that fails or runs out does not stop the next.
+# benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline) and where a decode
+# step's time goes. Results: {serving,hlora,image-gen,step-profile}-gpu.json and the log gpu.log under
+# $OUT where the device tool sets it, else bench/results. Sized for a 15-minute lease on one H100/H200
+# from what two runs on an H200 took (build 33 s, H-LoRA 16 s, serving at C=8/32 156 s): each step has
+# its own time limit (at most about 10 minutes in all) and one that fails or runs out does not stop the
+# next; reports are rewritten as each step goes, so a cut step keeps what it finished.
 #
 # The device machine has python3 with torch, transformers and CUDA, and no network. Once, here:
 #   bench/gpu-wheels.sh            # the few wheels its image lacks, into .whl/ (git-ignored)
@@ -19,10 +21,10 @@ DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 LAYERS=${LAYERS:-}              # empty: the released depth
 CONCURRENCY=${CONCURRENCY:-1,8,32}
-STEPS=${STEPS:-image,hlora,serving,profile}   # which steps, in this order
-OFFICIAL_REQUESTS=${OFFICIAL_REQUESTS:-2}
-SEQUENTIAL_REQUESTS=${SEQUENTIAL_REQUESTS:-8}
-SERVING_LIMIT=${SERVING_LIMIT:-230}               # seconds
+STEPS=${STEPS:-hlora,serving,image,profile}   # which steps, in this order
+OFFICIAL_REQUESTS=${OFFICIAL_REQUESTS:-1}
+SEQUENTIAL_REQUESTS=${SEQUENTIAL_REQUESTS:-4}
+SERVING_LIMIT=${SERVING_LIMIT:-240}               # seconds
 RESULTS=${OUT:-bench/results}
 SUFFIX=${SUFFIX:-gpu}
 MODEL=${MODEL_DIR:-/tmp/healthgpt-m3-random-$DTYPE${LAYERS:+-$LAYERS}}
@@ -54,7 +56,7 @@ step() {  # step KEY SECONDS NAME COMMAND...: if KEY is in STEPS, run with a tim
 }
 
 if [ ! -f "$MODEL/healthgpt.yaml" ]; then
-    step model 150 "random M3 weights${LAYERS:+, $LAYERS layers}, $DTYPE -> $MODEL" "$PY" -c "
+    step model 90 "random M3 weights${LAYERS:+, $LAYERS layers}, $DTYPE -> $MODEL" "$PY" -c "
 from pathlib import Path
 from models.random_weights import build_random
 layers = int('$LAYERS') if '$LAYERS' else None
@@ -64,8 +66,8 @@ fi
 
 run_step() {
     case $1 in
-    image) step image 110 "image generation: 1,024 VQ tokens + VQGAN decode" \
-        "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 2 \
+    image) step image 120 "image generation: 1,024 VQ tokens + VQGAN decode" \
+        "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 1 \
         --out "$RESULTS/image-gen-$SUFFIX.json" ;;
     hlora) step hlora 50 "H-LoRA layers at the released ranks" \
         "$PY" -m bench.hlora --device "$DEVICE" --dtype "$DTYPE" --rounds 3 --out "$RESULTS/hlora-$SUFFIX.json" ;;
@@ -74,8 +76,8 @@ run_step() {
         "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --concurrency "$CONCURRENCY" \
         --official-requests "$OFFICIAL_REQUESTS" --sequential-requests "$SEQUENTIAL_REQUESTS" \
         --requests-per-client 1 --out "$RESULTS/serving-$SUFFIX.json" ;;
-    profile) step profile 60 "decode step: wall time, operators, launches, syncs, device time" \
-        "$PY" -m bench.step_profile --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --batch 1,8 --tokens 24 \
+    profile) step profile 90 "decode step: wall time, operators, launches, syncs, device time" \
+        "$PY" -m bench.step_profile --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --batch 1,8 --tokens 12 \
         --out "$RESULTS/step-profile-$SUFFIX.json" ;;
     *) echo "unknown step $1 (choose from image, hlora, serving, profile)"; failed=1 ;;
     esac
