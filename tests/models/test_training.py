@@ -312,9 +312,11 @@ def test_gradient_accumulation_does_not_depend_on_the_split(tiny_spec: ModelSpec
         model = HealthGPT(tiny_spec)
         train(model, rows, TrainConfig("comprehension", hyper=hyper, micro_batch_size=micro))
         weights.append(model.plugin_parameter_groups("comprehension"))
+    # Rounding only: the split changes the order in which float32 gradients are summed (2e-5 relative
+    # on an AVX-512 machine); a split that weighted tokens differently would move weights by far more.
     for group in ("hlora", "router", "projector"):
         for key, value in weights[0][group].items():
-            torch.testing.assert_close(value, weights[1][group][key], rtol=0, atol=1e-6)
+            torch.testing.assert_close(value, weights[1][group][key], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(("dtype", "precision"), [("float32", "bf16"), ("float16", "auto")])

@@ -241,7 +241,7 @@ def test_corrections_job_gate_promote_rollback(world) -> None:
     correct_reads_http(client, people, services)
     summary = client.get("/v1/admin/feedback/summary", headers=auth(people.admin)).json()
     assert {"plugin": PLUGIN, "adapter_version": base_version, "kind": "correction", "count": 12} in summary
-    job = run_job(client, people, epochs=40)  # enough for the tiny model to learn its rows by heart
+    job = run_job(client, people, epochs=80)  # enough for the tiny model to learn its rows by heart
     assert job["status"] == "succeeded", json.dumps(job, indent=2)
     assert job["gate"]["passed"] is True and {c["name"] for c in job["gate"]["checks"]} == {
         "heldout_logprob",
