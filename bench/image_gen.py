@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.serving import _sync, limits
+from bench.serving import _sync, limits, machine, model_shape
 from models.contract import GenerationRequest
 from models.engine import BatchEngine
 from models.healthgpt import HealthGPT
@@ -50,19 +49,8 @@ def main() -> None:
         finished ones."""
         report = {
             "benchmark": "image generation: VQ tokens (constrained greedy, batch 1) + VQGAN decode",
-            "machine": {
-                "platform": platform.platform(),
-                "torch": torch.__version__,
-                "device": args.device,
-                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-            },
-            "model": {
-                "spec": spec.name,
-                "dtype": spec.dtype,
-                "hidden": model.llm.config.hidden_size,
-                "layers": model.llm.config.num_hidden_layers,
-                "vq_tokens": cells,
-            },
+            "machine": machine(args.device),
+            "model": {**model_shape(model), "vq_tokens": cells},
             "median": {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]},
             "runs": runs,
             "runs_requested": args.runs,

@@ -154,6 +154,29 @@ class Ours(Sequential):
         self.engine = BatchEngine(model, limits(max_batch))
 
 
+def machine(device: str) -> dict:
+    """Where a figure was taken: platform, processor, torch and its threads, the device."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+    }
+
+
+def model_shape(model: HealthGPT) -> dict:
+    """The shape a figure was taken at: spec, dtype, width and depth."""
+    return {
+        "spec": model.spec.name,
+        "dtype": model.spec.dtype,
+        "hidden": model.llm.config.hidden_size,
+        "layers": model.llm.config.num_hidden_layers,
+    }
+
+
 def peak_memory_mib(device: str) -> float:
     """Peak resident memory of this process (CPU) or peak allocated GPU memory so far, in MiB."""
     if device.startswith("cuda"):
@@ -335,10 +358,7 @@ def main() -> None:
     spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
     model = HealthGPT(spec, device=args.device, attention=args.attention)
     shape = {
-        "spec": spec.name,
-        "dtype": spec.dtype,
-        "hidden": model.llm.config.hidden_size,
-        "layers": model.llm.config.num_hidden_layers,
+        **model_shape(model),
         "vocab": len(model.tokenizer),
         "ranks": {name: plugin.r for name, plugin in spec.plugins.items()},
         "demo_weights": spec.demo_weights,
@@ -350,15 +370,7 @@ def main() -> None:
     report: dict = {
         "benchmark": "serving: official path (rebuild + transformers generate, batch 1) vs sequential vs "
         "continuous batching (mixed load)",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": args.device,
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        },
+        "machine": machine(args.device),
         "model": shape,
         "engine": {
             "kv_cache": "SlotCache (preallocated slots)",

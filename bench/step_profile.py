@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.serving import _sync, limits
+from bench.serving import _sync, limits, machine, model_shape
 from models.contract import GenerationRequest
 from models.engine import BatchEngine
 from models.healthgpt import HealthGPT
@@ -125,20 +124,8 @@ def main() -> None:
     model = HealthGPT(spec, device=args.device)
     report = {
         "benchmark": "decode step: wall time, operators, kernel launches, host syncs, device kernel time",
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "device": args.device,
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        },
-        "model": {
-            "spec": spec.name,
-            "dtype": spec.dtype,
-            "hidden": model.llm.config.hidden_size,
-            "layers": model.llm.config.num_hidden_layers,
-            "attention": model.attention,
-        },
+        "machine": machine(args.device),
+        "model": {**model_shape(model), "attention": model.attention},
         "rows": [],
     }
     for batch in (int(b) for b in args.batch.split(",")):
