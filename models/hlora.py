@@ -88,12 +88,14 @@ class HLoRALinear(nn.Module):
         y = linear(x, self.base.weight, self.base.bias, onednn=self.onednn)
         if not self.routing:
             return y
+        # In place: y is this layer's own fresh product, and no backward pass needs it (a linear's
+        # gradient needs its input and weight), so each plugin adds without copying it.
         for name, rows in self.routing:
             plugin = self.plugins[name]
             if rows is None:
-                y = y + plugin.delta(x, y.dtype, self.onednn)
+                y += plugin.delta(x, y.dtype, self.onednn)
             else:
-                y = y.index_add(0, rows, plugin.delta(x.index_select(0, rows), y.dtype, self.onednn))
+                y.index_add_(0, rows, plugin.delta(x.index_select(0, rows), y.dtype, self.onednn))
         return y
 
 
