@@ -138,10 +138,13 @@ class Sequential:
     """Sequential, batch 1, both plugins resident (the engine with one row: it streams)."""
 
     streams = True
-    device = "cpu"
 
     def __init__(self, model: HealthGPT) -> None:
         self.engine = BatchEngine(model, limits(1))
+
+    @property
+    def device(self) -> str:
+        return str(self.engine.model.device)
 
     def run(self, request: GenerationRequest) -> tuple[int, float | None]:
         job = self.engine.submit(request)
@@ -318,7 +321,7 @@ def measure(server, requests: list[GenerationRequest], concurrency: int) -> dict
         "latency_p50_s": round(_percentile(latencies, 0.5), 4),
         "latency_p99_s": round(_percentile(latencies, 0.99), 4),
         "ttft_p50_s": round(statistics.median(ttfts), 4) if ttfts else None,
-        "peak_memory_mib": peak_memory_mib(getattr(server, "device", "cpu")),
+        "peak_memory_mib": peak_memory_mib(server.device),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -404,7 +407,6 @@ def main() -> None:
 
     official = Official(spec, args.device)
     sequential = Sequential(model)
-    sequential.device = args.device
     measure(Ours(model, 32), workload(4), 4)  # warm-up: kernels, allocator, the first rebuild's caches
     official.run(workload(1)[0])
     for concurrency in levels:
@@ -420,7 +422,6 @@ def main() -> None:
         sequential_count = min(count, args.sequential_requests) if args.sequential_requests else count
         results["sequential"].append(measure(sequential, workload(sequential_count), concurrency))
         ours = Ours(model, max_batch=max(1, concurrency))
-        ours.device = args.device
         results["ours"].append(measure(ours, requests, concurrency))
         ours.engine.close()
         for mode in results:

@@ -29,7 +29,9 @@ from models.engine import BatchEngine
 from models.healthgpt import HealthGPT
 from models.tiny import resolve_spec
 
-SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+# Calls that make the host wait for the device (an asynchronous copy does not, unless a synchronize
+# follows it, which is then counted).
+SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
 
 
 def _requests(batch: int, tokens: int) -> list[GenerationRequest]:
@@ -79,7 +81,7 @@ def _counts(model: HealthGPT, batch: int, tokens: int, cuda: bool) -> dict[str, 
             totals["operators"] += event.count
         elif event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
             totals["kernel_launches"] += event.count
-        elif event.key.startswith(SYNCS):
+        elif event.key in SYNCS:
             totals["host_syncs"] += event.count
     if cuda:
         # Kernels are the events that ran on the device; their self time is the device's busy time.
