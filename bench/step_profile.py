@@ -6,11 +6,13 @@ and the engine decodes on its own thread; the reference loop runs the same forwa
     .venv/bin/python -m bench.step_profile --spec SPEC.yaml [--device cuda] [--batch 1,8] [--tokens 24]
         [--out FILE.json]
 
-Per step = (a run of T new tokens) - (a run of 1 new token, the prefill alone), over T - 1 steps, so the
-prompt's prefill is not counted. ``device_busy`` is the device's kernel time over the reference loop's
-plain wall time: well under 1 means the step waits on the host (Python and operator dispatch), not on
-the GPU, which is what CUDA graphs or fewer, larger operators would remove. Half the rows are
-comprehension, half generation, text prompts (no image), greedy.
+Per step = (a run of T new tokens) - (a run of 1 new token, the prefill alone), over the T - 1 steps
+of the reference loop, or over the engine's extra passes (with the rows a pass carried: rows submitted
+together may join in more than one group), so the prompt's prefill is not counted. ``device_busy`` is
+the device's kernel time over the reference loop's plain wall time: well under 1 means the step waits
+on the host (Python and operator dispatch), not on the GPU, which is what CUDA graphs or fewer, larger
+operators would remove. Half the rows are comprehension, half generation, text prompts (no image),
+greedy.
 """
 
 from __future__ import annotations
