@@ -16,6 +16,9 @@ from memory.records import Records
 from tools.healthgpt import HealthGPTClient
 from tools.specialists import PendingScreen, Screening, SpecialistsClient
 
+# (record id, text, kind) for each earlier record of the patient that retrieval may search.
+HistoryTexts = tuple[tuple[str, str, str], ...]
+
 
 class FineTunes(Protocol):
     """What the admin route may ask of the fine-tune service (serving implements it): start a job on a
@@ -40,6 +43,10 @@ class TurnContext:
     # The screen of this turn's message, sent to a remote specialists deployment before the graph ran
     # (serving.turns): the safety step takes it instead of screening the same text again.
     screening: PendingScreen | None = None
+    # The patient's earlier records (Records.history_texts), read by the gateway in the transaction
+    # that stored this turn's message: one transaction and one audit lock fewer than reading them
+    # again in the consult step.
+    history: HistoryTexts | None = None
 
     def with_tools(self, client: HealthGPTClient, specialists: SpecialistsClient) -> TurnContext:
         """This context, with the given clients where it names none."""
@@ -65,6 +72,14 @@ class TurnContext:
         if ahead is not None and ahead.text == text:
             return ahead.result()
         return self.screens().screen(text)
+
+    def patient_history(self, patient_id: int, consultation_id: str | None) -> HistoryTexts:
+        """The patient's earlier records that retrieval may search: the ones read ahead with this turn's
+        message, else read now (one audited access either way)."""
+        if self.history is not None:
+            return self.history
+        with self.open_records() as records:
+            return tuple(records.history_texts(patient_id, exclude=consultation_id))
 
     def open_records(self) -> AbstractContextManager[Records]:
         if self.records is None:

@@ -365,8 +365,7 @@ def _relevant_history(state: ChatState, context: TurnContext, k: int = 2) -> lis
     patient_id = state.get("patient_id")
     if patient_id is None or context.records is None:
         return []
-    with context.open_records() as records:
-        texts = records.history_texts(patient_id, exclude=state.get("consultation_id"))
+    texts = context.patient_history(patient_id, state.get("consultation_id"))
     items = [(record, text, {"kind": kind}) for record, text, kind in texts]
     if not items:
         return []

