@@ -8,6 +8,13 @@ where it happens (a wrapper around the client that only measures), and that time
 turn's wall time: what is left is what the agent itself costs per turn. Reported: p50 / p99 over the
 turns, first turns excluded as warm-up. Goal: <= 25 ms p50 on the 2-core development machine.
 
+``--specialists serve`` runs the screen as ``make run`` does: the Specialists deployment on a local Ray
+Serve (its own process, as configs/serve/local.yaml places it), the message sent to it at the start of
+the turn so it is screened while the gateway checks access and stores the message. The embedding then
+runs in another process and cannot be subtracted; the time the safety step still waits for the screen
+is reported instead (``screen_wait_ms_p50``). HealthGPT stays in-process in both modes (its time is
+subtracted either way).
+
 Torch runs single-threaded here by default (``--torch-threads 1``), as in the deployment: Ray gives the
 Specialists replica (``num_cpus=0.5``) ``OMP_NUM_THREADS=1``. Two intra-op threads for one short sentence
 make every MiniLM layer wait for a second core that the database and the turn's own thread are using; the
@@ -25,7 +32,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 # bench/serving.py would shadow the serving package when this file runs as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,6 +95,46 @@ class TimedClient:
         return timed
 
 
+class ScreenWaitTimer:
+    """Adds up the time turns wait for a screen sent ahead to a remote Specialists deployment."""
+
+    def __init__(self) -> None:
+        from tools.specialists import PendingScreen
+
+        self.seconds, inner = 0.0, PendingScreen.result
+
+        def timed(pending: PendingScreen):
+            started = time.perf_counter()
+            try:
+                return inner(pending)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        PendingScreen.result = timed
+
+
+@contextmanager
+def served_specialists() -> Iterator[Any]:
+    """The Specialists deployment on a local Ray Serve (one replica, num_cpus 0.5 as in
+    configs/serve/local.yaml); yields the gateway's client for it."""
+    import ray
+    from ray import serve
+
+    from serving.deployments import SpecialistsDeployment
+    from tools.specialists import RayServeSpecialists
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start()
+        # num_cpus 0.5 as deployed: Ray then runs the replica's torch on one thread (OMP_NUM_THREADS=1).
+        deployment = SpecialistsDeployment.options(ray_actor_options={"num_cpus": 0.5})
+        handle = serve.run(deployment.bind(), name="bench-specialists", route_prefix=None)
+        yield RayServeSpecialists(handle)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 class EncoderTimer:
     """Adds up the time the specialist embedding model (all-MiniLM-L6-v2) spends encoding."""
 
@@ -113,11 +163,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/agent-overhead.json"))
+    parser.add_argument(
+        "--out", type=Path, help="default: bench/results/agent-overhead.json (-served.json with serve)"
+    )
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="torch intra-op threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--specialists",
+        choices=("inprocess", "serve"),
+        default="inprocess",
+        help="screen in the turn's own process, or on a local Ray Serve deployment as `make run` does",
+    )
     args = parser.parse_args()
+    suffix = "-served" if args.specialists == "serve" else ""
+    args.out = args.out or Path(f"bench/results/agent-overhead{suffix}.json")
     if args.torch_threads > 0:
         import torch
 
@@ -139,27 +199,30 @@ def main() -> None:
             prepare_database(settings).dispose()
             spec = resolve_spec("tiny", settings.model_dir, 0)
             client = TimedClient(InProcessHealthGPT(HealthGPT(spec)))
-            services = build_services(settings, client)
-            with transaction(services.sessions) as session:
-                records = Records(session, set_bootstrap_token(session, new_token()))
-                user, _ = records.create_user(f"patient-{schema}", Role.patient)
-                records.create_patient("Bench Patient", user_id=user.id)
-                patient = Principal(user.id, user.name, Role.patient)
-            consultation = open_consultation(services, patient, None)
-            encoder = EncoderTimer()
-            overheads, walls, without_specialists = [], [], []
-            for turn in range(args.turns + args.warmup):
-                before, encoder_before = client.model_seconds, encoder.seconds
-                started = time.perf_counter()
-                # Every message is new: no cache may answer for the screens of an earlier turn.
-                message = f"{MESSAGES[turn % len(MESSAGES)]} (day {turn + 1})"
-                run_turn(services, patient, consultation, TurnInput(message))
-                wall = time.perf_counter() - started
-                if turn >= args.warmup:
-                    walls.append(wall)
-                    overheads.append(wall - (client.model_seconds - before))
-                    without_specialists.append(overheads[-1] - (encoder.seconds - encoder_before))
-            services.close()
+            with ExitStack() as stack:
+                screens = stack.enter_context(served_specialists()) if args.specialists == "serve" else None
+                services = build_services(settings, client, screens)
+                stack.callback(services.close)
+                with transaction(services.sessions) as session:
+                    records = Records(session, set_bootstrap_token(session, new_token()))
+                    user, _ = records.create_user(f"patient-{schema}", Role.patient)
+                    records.create_patient("Bench Patient", user_id=user.id)
+                    patient = Principal(user.id, user.name, Role.patient)
+                consultation = open_consultation(services, patient, None)
+                encoder, waits = EncoderTimer(), ScreenWaitTimer()
+                overheads, walls, without_specialists, screen_waits = [], [], [], []
+                for turn in range(args.turns + args.warmup):
+                    before, encoder_before, wait_before = client.model_seconds, encoder.seconds, waits.seconds
+                    started = time.perf_counter()
+                    # Every message is new: no cache may answer for the screens of an earlier turn.
+                    message = f"{MESSAGES[turn % len(MESSAGES)]} (day {turn + 1})"
+                    run_turn(services, patient, consultation, TurnInput(message))
+                    wall = time.perf_counter() - started
+                    if turn >= args.warmup:
+                        walls.append(wall)
+                        overheads.append(wall - (client.model_seconds - before))
+                        without_specialists.append(overheads[-1] - (encoder.seconds - encoder_before))
+                        screen_waits.append(waits.seconds - wait_before)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -171,6 +234,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
+        "specialists": args.specialists,
         "torch_threads": torch_threads(),
         "load_average_1min_at_start": load_at_start,
         "turns": len(overheads),
@@ -180,6 +244,7 @@ def main() -> None:
             "mean": round(1000 * statistics.fmean(overheads), 2),
         },
         "overhead_minus_embedding_model_ms_p50": round(1000 * statistics.median(without_specialists), 2),
+        "screen_wait_ms_p50": round(1000 * statistics.median(screen_waits), 2),
         "turn_wall_ms_p50": round(1000 * statistics.median(walls), 2),
         "goal_ms_p50": 25,
     }
