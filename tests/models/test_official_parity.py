@@ -1,7 +1,10 @@
 """Our HealthGPT against the official implementation's recorded outputs (shared/fixtures/official-tiny).
 
 Tolerances are the fixture's: ids and strings exact; pixels 1e-5; features and float32 logits 1e-4;
-per-token log-probs 1e-3.
+per-token log-probs 1e-3. The logits bound is checked with the official code's own products
+(``nn.Linear``: MKL's sgemm on a CPU). The served model multiplies through oneDNN on a CPU in float32
+(models.kernels), which adds its own float32 rounding: its ids and strings are held exact like the
+official products', its logits within ``SERVED_LOGITS_ATOL``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,23 @@ CASES = {
 }
 
 
+# The served products' largest logit deviation from the recorded logits (up to |21|): 1.1e-4 on an AMD
+# EPYC with the pins of tests/conftest.py (the official products there: 6.5e-5; MKL on AMD ignores the
+# AVX2 pin), 7.6e-5 on an Intel AVX-512 CPU with them and 1.9e-4 without. Summation order, not arithmetic:
+# 1e-5 of the largest logit.
+SERVED_LOGITS_ATOL = 3e-4
+
+
 @pytest.fixture(scope="module")
 def model(official_tiny: Path) -> HealthGPT:
+    """As served: oneDNN products for float32 on a CPU."""
     return HealthGPT(ModelSpec.from_yaml(official_tiny / "healthgpt.yaml"))
+
+
+@pytest.fixture(scope="module")
+def official_products(official_tiny: Path) -> HealthGPT:
+    """The official code's own products (``nn.Linear``), for the fixture's float32 logits bound."""
+    return HealthGPT(ModelSpec.from_yaml(official_tiny / "healthgpt.yaml"), onednn=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +96,13 @@ def test_prompt_ids_and_greedy_output(case: str, model: HealthGPT, image, offici
         assert official == expected["response_indices_official"]  # the official parse loses the last one
 
 
+@pytest.mark.parametrize("products", ["official", "served"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_teacher_forced_logits_and_logprobs(case: str, model: HealthGPT, image, official_tiny: Path) -> None:
+def test_teacher_forced_logits_and_logprobs(
+    case: str, products: str, model: HealthGPT, official_products: HealthGPT, image, official_tiny: Path
+) -> None:
+    model, bound = (official_products, 1e-4) if products == "official" else (model, SERVED_LOGITS_ATOL)
+    assert not official_products.onednn
     plugin, uses_image = CASES[case]
     expected = _expected(official_tiny, case)
     if case == "gen":
@@ -104,8 +126,8 @@ def test_teacher_forced_logits_and_logprobs(case: str, model: HealthGPT, image, 
     reference = np.load(official_tiny / case / "expected_logits.npy")
     assert logits.shape == reference.shape
     deviation = float(np.abs(logits.numpy() - reference).max())
-    print(f"{case}: max |logit - official| = {deviation:.3g}")
-    assert deviation <= 1e-4
+    print(f"{case} ({products} products): max |logit - official| = {deviation:.3g}")
+    assert deviation <= bound
     score = model.score(expected["question"], answer, picture, plugin)
     np.testing.assert_allclose(score.logprobs, expected[logprobs_key], rtol=0, atol=1e-3)
 
