@@ -363,7 +363,7 @@ def _relevant_history(state: ChatState, context: TurnContext, k: int = 2) -> lis
     patient's words in earlier consultations). Only what the records layer releases to this actor is
     indexed, and only this patient's."""
     patient_id = state.get("patient_id")
-    if patient_id is None or context.records is None:
+    if patient_id is None or (context.records is None and context.history is None):
         return []
     texts = context.patient_history(patient_id, state.get("consultation_id"))
     items = [(record, text, {"kind": kind}) for record, text, kind in texts]
