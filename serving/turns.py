@@ -218,12 +218,25 @@ def begin_turn(
     # turn refused here drops it (nothing of a screen is stored or shown).
     screening = start_screen(services.graph, turn.message)
     try:
+        # The model's count of the message and the thread's checkpoint are read before the records
+        # transaction: its first audit row locks the audit chain's head for every writer until it
+        # commits, and the model may be a remote replica with a queue. Both answers are acted on only
+        # after the access check, in the order the caller would otherwise meet them.
+        # Counted in the model's tokens before anything is stored: a message the model can never take is
+        # refused alone, and the consultation goes on (the character cap cannot tell: a Chinese
+        # character can be three tokens).
+        too_long: MessageTooLong | None = None
+        try:
+            has_image = bool(turn.uploads) or turn.study_id is not None
+            check_message(services.model, turn.message, has_image=has_image)
+        except MessageTooLong as exc:
+            too_long = exc
+        before = services.graph.get_state(config_for(consultation_id))
         with records_for(services, principal) as records:
             consultation = records.get_consultation(consultation_id)
             patient_id = consultation.patient_id
             if consultation.status.value != "open":
                 raise Problem(409, "this consultation is closed")
-            before = services.graph.get_state(config_for(consultation_id))
             # A new message would abandon the read waiting in this thread: sign it off first.
             for pending in before.interrupts:
                 read_id = (pending.value or {}).get("read_id")
@@ -231,14 +244,8 @@ def begin_turn(
                     409,
                     f"this consultation awaits sign-off of read {read_id}: POST /v1/reads/{read_id}/signoff",
                 )
-            # Counted in the model's tokens before anything is stored: a message the model can never
-            # take is refused alone, and the consultation goes on (the character cap cannot tell: a
-            # Chinese character can be three tokens).
-            try:
-                has_image = bool(turn.uploads) or turn.study_id is not None
-                check_message(services.model, turn.message, has_image=has_image)
-            except MessageTooLong as exc:
-                raise Problem(413, str(exc)) from exc
+            if too_long is not None:
+                raise Problem(413, str(too_long)) from too_long
             # The common case, a message with nothing attached: it is stored in this same transaction.
             plain = not turn.uploads and turn.study_id is None
             if plain:
