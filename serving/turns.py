@@ -218,13 +218,12 @@ def begin_turn(
     # turn refused here drops it (nothing of a screen is stored or shown).
     screening = start_screen(services.graph, turn.message)
     try:
-        # The model's count of the message and the thread's checkpoint are read before the records
-        # transaction: its first audit row locks the audit chain's head for every writer until it
-        # commits, and the model may be a remote replica with a queue. Both answers are acted on only
+        # The message is counted in the model's tokens before anything is stored: one the model can never
+        # take is refused alone, and the consultation goes on (the character cap cannot tell: a Chinese
+        # character can be three tokens). That count and the thread's checkpoint are read before the
+        # records transaction, whose first audit row locks the audit chain's head for every writer until
+        # it commits (and the model may be a remote replica with a queue); both answers are acted on only
         # after the access check, in the order the caller would otherwise meet them.
-        # Counted in the model's tokens before anything is stored: a message the model can never take is
-        # refused alone, and the consultation goes on (the character cap cannot tell: a Chinese
-        # character can be three tokens).
         too_long: MessageTooLong | None = None
         try:
             has_image = bool(turn.uploads) or turn.study_id is not None
