@@ -5,7 +5,8 @@ every writer (a remote model replica may keep a caller waiting behind its queue)
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -17,7 +18,8 @@ from tests.agents.scenarios.conftest import new_consultation, say
 from tests.serving.conftest import open_api
 
 
-def _chain_free(database_url: str) -> Callable[[], bool]:
+@contextmanager
+def _chain_free(database_url: str) -> Iterator[Callable[[], bool]]:
     """Whether another connection could take the audit head's lock right now (without waiting)."""
     parsed = make_url(database_url)
     if parsed.get_backend_name() == "sqlite":
@@ -34,7 +36,8 @@ def _chain_free(database_url: str) -> Callable[[], bool]:
             finally:
                 connection.close()
 
-        return free
+        yield free
+        return
     engine = create_engine(normalise_url(database_url))
 
     def free() -> bool:
@@ -45,15 +48,19 @@ def _chain_free(database_url: str) -> Callable[[], bool]:
             transaction.rollback()
         return locked is not None
 
-    return free
+    try:
+        yield free
+    finally:
+        engine.dispose()
 
 
 def test_the_model_and_the_checkpoint_are_asked_outside_the_audit_lock(
     tmp_path: Path, database_url: str, tiny_model
 ) -> None:
     client, services, people = open_api(tmp_path, database_url, tiny_model)
+    stack = ExitStack()
     try:
-        free = _chain_free(database_url)
+        free = stack.enter_context(_chain_free(database_url))
         seen: list[tuple[str, bool]] = []
         count, read = services.model.prompt_size, services.checkpointer.saver.get_tuple
 
@@ -79,5 +86,6 @@ def test_the_model_and_the_checkpoint_are_asked_outside_the_audit_lock(
             assert not free()
         assert free()
     finally:
+        stack.close()
         client.__exit__(None, None, None)
         services.close()
