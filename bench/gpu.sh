@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 16): random HealthGPT-M3 weights at full depth in bfloat16, then image
-# generation (1,024 VQ tokens + VQGAN decode), the H-LoRA benchmark at the released ranks and the serving
-# benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline) and where a decode
-# step's time goes. Results: {serving,hlora,image-gen,step-profile}-gpu.json and the log gpu.log under
+# One prepared GPU run (issue 16): random HealthGPT-M3 weights at full depth in bfloat16, then the decode
+# steps recorded as CUDA graphs checked against the ordinary step, the H-LoRA benchmark at the released
+# ranks, the serving benchmark at C=1/8/32 (official path, sequential, continuous batching, roofline with
+# and without graphs), image generation (1,024 VQ tokens + VQGAN decode) and where a decode step's time
+# goes. Results: {decode-graphs,serving,hlora,image-gen,step-profile}-gpu.json and the log gpu.log under
 # $OUT where the device tool sets it, else bench/results. Sized for a 15-minute lease on one H100/H200
 # from what two runs on an H200 took (build 33 s, H-LoRA 16 s, serving at C=8/32 156 s): each step has
 # its own time limit (at most about 10 minutes in all) and one that fails or runs out does not stop the
@@ -21,7 +22,7 @@ DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 LAYERS=${LAYERS:-}              # empty: the released depth
 CONCURRENCY=${CONCURRENCY:-1,8,32}
-STEPS=${STEPS:-hlora,serving,image,profile}   # which steps, in this order
+STEPS=${STEPS:-graphs,hlora,serving,image,profile}   # which steps, in this order
 OFFICIAL_REQUESTS=${OFFICIAL_REQUESTS:-1}
 SEQUENTIAL_REQUESTS=${SEQUENTIAL_REQUESTS:-4}
 SERVING_LIMIT=${SERVING_LIMIT:-240}               # seconds
@@ -66,6 +67,11 @@ fi
 
 run_step() {
     case $1 in
+    # Fixed-shape decode steps recorded as CUDA graphs (the engine's default on CUDA) against the
+    # ordinary step: the same tokens, and the step time both ways. First: every later figure rests on it.
+    graphs) step graphs 75 "decode steps: CUDA graphs vs the ordinary step (same answers?)" \
+        "$PY" -m bench.decode_graphs --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --tokens 32 \
+        --out "$RESULTS/decode-graphs-$SUFFIX.json" ;;
     image) step image 120 "image generation: 1,024 VQ tokens + VQGAN decode" \
         "$PY" -m bench.image_gen --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --runs 1 \
         --out "$RESULTS/image-gen-$SUFFIX.json" ;;
@@ -76,10 +82,10 @@ run_step() {
         "$PY" -m bench.serving --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --concurrency "$CONCURRENCY" \
         --official-requests "$OFFICIAL_REQUESTS" --sequential-requests "$SEQUENTIAL_REQUESTS" \
         --requests-per-client 1 --out "$RESULTS/serving-$SUFFIX.json" ;;
-    profile) step profile 90 "decode step: wall time, operators, launches, syncs, device time" \
+    profile) step profile 60 "decode step: wall time, operators, launches, syncs, device time" \
         "$PY" -m bench.step_profile --spec "$MODEL/healthgpt.yaml" --device "$DEVICE" --batch 1,8 --tokens 12 \
         --out "$RESULTS/step-profile-$SUFFIX.json" ;;
-    *) echo "unknown step $1 (choose from image, hlora, serving, profile)"; failed=1 ;;
+    *) echo "unknown step $1 (choose from graphs, image, hlora, serving, profile)"; failed=1 ;;
     esac
 }
 IFS=, read -ra chosen <<<"$STEPS"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.serving import _sync, limits, machine, model_shape
+from bench.serving import _sync, add_decode_graphs_option, limits, machine, model_shape, set_decode_graphs
 from models.contract import GenerationRequest
 from models.engine import BatchEngine
 from models.healthgpt import HealthGPT
@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/image-gen-cpu.json"))
+    add_decode_graphs_option(parser)
     args = parser.parse_args()
+    set_decode_graphs(args.decode_graphs)
 
     spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
     model = HealthGPT(spec, device=args.device)
@@ -54,6 +56,7 @@ def main() -> None:
             "median": {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]},
             "runs": runs,
             "runs_requested": args.runs,
+            "decode_graphs": engine.decode_graphs,
         }
         report["median"]["ms_per_vq_token"] = round(1000 * report["median"]["tokens_s"] / cells, 2)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -127,11 +127,28 @@ def limits(max_batch: int, max_queue: int = 1024) -> EngineLimits:
         prefill_chunk_tokens=PREFILL_CHUNK,
         prefill_budget_tokens=PREFILL_BUDGET,
         request_timeout_s=3600.0,
+        decode_graphs=DECODE_GRAPHS,
     )
 
 
 PREFILL_CHUNK: int | None = EngineLimits().prefill_chunk_tokens
 PREFILL_BUDGET: int | None = EngineLimits().prefill_budget_tokens
+DECODE_GRAPHS: bool | None = EngineLimits().decode_graphs
+GRAPH_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def add_decode_graphs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--decode-graphs",
+        choices=sorted(GRAPH_CHOICES),
+        default="auto",
+        help="fixed-shape decode steps recorded as CUDA graphs (auto: on a CUDA device only)",
+    )
+
+
+def set_decode_graphs(choice: str) -> None:
+    global DECODE_GRAPHS
+    DECODE_GRAPHS = GRAPH_CHOICES[choice]
 
 
 class Sequential:
@@ -222,9 +239,17 @@ def weight_bytes_per_step(model: HealthGPT, plugin: str) -> int:
 
 
 def roofline(model: HealthGPT, device: str, tokens: int = 48) -> dict:
-    """Batch-1 decode step of the engine (b) against the bandwidth bound, measured in this run."""
+    """Batch-1 decode step of the engine (b) against the bandwidth bound, measured in this run; where the
+    engine records its steps as CUDA graphs, the ordinary step's figure is measured beside it."""
     bandwidth = copy_bandwidth(device)
-    engine = BatchEngine(model, limits(1, max_queue=4))
+    figure = _roofline_of(model, bandwidth, tokens, DECODE_GRAPHS)
+    if figure["decode_graphs"] is not None:
+        figure["without_decode_graphs"] = _roofline_of(model, bandwidth, tokens, False)
+    return figure
+
+
+def _roofline_of(model: HealthGPT, bandwidth: float, tokens: int, graphs: bool | None) -> dict:
+    engine = BatchEngine(model, limits(1, max_queue=4).model_copy(update={"decode_graphs": graphs}))
     image = Image.new("RGB", (64, 48), (120, 80, 40))
     steps = []
     try:
@@ -242,6 +267,7 @@ def roofline(model: HealthGPT, device: str, tokens: int = 48) -> dict:
     weights = weight_bytes_per_step(model, "comprehension")
     bound = weights / bandwidth
     return {
+        "decode_graphs": engine.decode_graphs,
         "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
         "weight_bytes_per_step": weights,
         "bound_step_ms": round(bound * 1000, 3),
@@ -354,8 +380,10 @@ def main() -> None:
         default=EngineLimits().prefill_budget_tokens,
         help="tokens one prefill chunk may carry across rows; 0: no budget",
     )
+    add_decode_graphs_option(parser)
     args = parser.parse_args()
     PREFILL_CHUNK, PREFILL_BUDGET = args.prefill_chunk or None, args.prefill_budget or None
+    set_decode_graphs(args.decode_graphs)
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     spec = resolve_spec(args.spec, Path("var/models").resolve(), 0)
@@ -380,6 +408,7 @@ def main() -> None:
             "prefill_chunk_tokens": PREFILL_CHUNK,
             "prefill_budget_tokens": PREFILL_BUDGET,
             "linear_products": "oneDNN" if model.onednn else "F.linear",
+            "decode_graphs": args.decode_graphs,
         },
         "workload": {"text_tokens": TEXT_TOKENS, "vq_tokens": GRID, "mix": "1:1 comprehension:generation"},
         "roofline": None,
@@ -422,7 +451,8 @@ def main() -> None:
         sequential_count = min(count, args.sequential_requests) if args.sequential_requests else count
         results["sequential"].append(measure(sequential, workload(sequential_count), concurrency))
         ours = Ours(model, max_batch=max(1, concurrency))
-        results["ours"].append(measure(ours, requests, concurrency))
+        row = measure(ours, requests, concurrency)
+        results["ours"].append({**row, "decode_graphs": ours.engine.decode_graphs})
         ours.engine.close()
         for mode in results:
             row = results[mode][-1]

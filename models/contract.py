@@ -67,7 +67,8 @@ class BatchModel(Protocol):
     ) -> torch.Tensor:
         """Logits ``[batch, length, vocab]`` of one step over the batch, extending ``cache`` if given
         (any transformers ``Cache``: the engine passes a :class:`models.kv_cache.SlotCache`); with
-        ``last_only``, of the last position only."""
+        ``last_only``, of the last position only. ``mask``: the 2-D padding mask ``[batch, keys]``, or a
+        prepared 4-D additive one ``[batch, 1, length, keys]`` (a fixed-shape step, models.decode_graph)."""
         ...
 
     def choose_tokens(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models.contract import BatchModel, GenerationRequest
+from models.decode_graph import FixedDecode
 from models.healthgpt import Answer
 from models.kv_cache import SlotCache
 from models.limits import EngineLimits
@@ -188,6 +189,10 @@ class BatchEngine:
         self._rows: list[_Row] = []  # row i decodes in slot i of ``_cache``
         self._cache: SlotCache | None = None  # kept between bursts: its buffers are reused
         self._prefill: _Prefill | None = None  # joiners part-way through their prompts
+        graphs = self.limits.decode_graphs
+        if graphs is None:
+            graphs = model.device.type == "cuda"
+        self._fixed = FixedDecode(model) if graphs else None
         # The engine's own lock: guards the queue, the aliases and ``_closed``. Rows, caches and the
         # prefill belong to the loop thread alone; the model serialises its forward passes itself.
         self._cond = threading.Condition()
@@ -274,6 +279,20 @@ class BatchEngine:
             first_token_s=self.first_token_s,
             plugins=self.plugins,
         )
+
+    @property
+    def decode_graphs(self) -> dict[str, object] | None:
+        """How decode steps run at fixed shapes (models.decode_graph): graphs recorded, or why recording
+        was given up; None when the engine takes the ordinary step only."""
+        fixed = self._fixed
+        if fixed is None:
+            return None
+        return {
+            "recorded_as_cuda_graphs": fixed.record,
+            "fixed_steps": fixed.steps,
+            "graphs": fixed.recorded,
+            "failed": fixed.failed,
+        }
 
     @property
     def active(self) -> int:
@@ -453,11 +472,15 @@ class BatchEngine:
         cache = self._cache
         assert cache is not None
         plugins = [row.job.plugin_key for row in self._rows]
-        step = model.embed_step([row.next_token for row in self._rows], plugins)
-        mask = cache.begin(None, device=model.device)
-        positions = torch.tensor([[row.position] for row in self._rows], device=model.device)
-        logits = model.forward(step, mask, plugins, cache, positions, last_only=True)[:, -1]
-        cache.commit()
+        tokens = [row.next_token for row in self._rows]
+        if self._fixed is not None and len(set(plugins)) == 1:
+            logits = self._fixed.step(cache, tokens, [row.position for row in self._rows], plugins[0])
+        else:
+            step = model.embed_step(tokens, plugins)
+            mask = cache.begin(None, device=model.device)
+            positions = torch.tensor([[row.position] for row in self._rows], device=model.device)
+            logits = model.forward(step, mask, plugins, cache, positions, last_only=True)[:, -1]
+            cache.commit()
         for row in self._rows:
             row.position += 1
         self._retain(self._emit(self._rows, logits))
@@ -551,3 +574,5 @@ class BatchEngine:
                     self._retiring.discard(key)
                     if "@" in key:  # versions loaded at runtime are freed; the spec's own stay resident
                         self.model.remove_plugin(key)
+                        if self._fixed is not None:
+                            self._fixed.forget(key)

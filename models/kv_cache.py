@@ -66,6 +66,11 @@ class SlotLayer(CacheLayerMixin):
         assert self.key_buffer is not None and self.value_buffer is not None
         owner = self.owner
         rows, q = key_states.shape[0], key_states.shape[2]
+        if owner.write_at is not None:  # a fixed-shape step: same addresses and shapes every step
+            self.key_buffer[:rows].index_copy_(2, owner.write_at, key_states)
+            self.value_buffer[:rows].index_copy_(2, owner.write_at, value_states)
+            self.keys, self.values = self.key_buffer[:rows], self.value_buffer[:rows]
+            return self.keys, self.values
         if rows != owner.stepping or owner.end + q > owner.capacity:
             raise RuntimeError("SlotCache.begin() must reserve the step before the forward pass")
         self.key_buffer[:rows, :, owner.end : owner.end + q] = key_states
@@ -115,6 +120,9 @@ class SlotCache(Cache):
         self.stepping = rows  # rows in the forward pass in progress (the first ones)
         self._mask: torch.Tensor | None = None  # [slots, capacity] bool: which columns each row attends
         self.regrids = 0  # how many times the live window was copied into new buffers (tests, monitoring)
+        # Set during a fixed-shape decode step (begin_fixed): the device index of the write column, so
+        # that the step's layers write and read the whole buffers (models.decode_graph).
+        self.write_at: torch.Tensor | None = None
         super().__init__(layer_class_to_replicate=partial(SlotLayer, self))
 
     # -- what transformers asks ---------------------------------------------------------------------
@@ -162,6 +170,28 @@ class SlotCache(Cache):
             new.copy_(columns)
         self._pending = q
         return self._mask[: self.stepping, self.start : self.end + q]
+
+    def begin_fixed(self, rows: int, device: torch.device | None = None) -> tuple[torch.Tensor, int]:
+        """Reserve one new column for a decode step of fixed shape over ``rows`` slots (the running rows
+        first, then free slots as padding); returns its mask ``[rows, capacity]`` over the whole buffers
+        and the write column. Padding slots attend only to their own new column (finite, never read)."""
+        if not self.rows or rows < self.rows or rows > self.slots:
+            raise ValueError(f"a fixed step of {rows} rows for {self.rows} running rows, {self.slots} slots")
+        self.stepping = rows
+        self._reserve(left=0, right=1, device=device)
+        assert self._mask is not None
+        self._mask[: self.rows, self.end] = True
+        attend = torch.zeros(rows, self.capacity, dtype=torch.bool, device=self._mask.device)
+        attend[: self.rows, self.start : self.end + 1] = self._mask[: self.rows, self.start : self.end + 1]
+        attend[self.rows :, self.end] = True
+        self._pending = 1
+        return attend, self.end
+
+    @property
+    def generation(self) -> tuple[int, int, int]:
+        """Changes whenever the layers' buffers are replaced (allocated, regridded): a step recorded over
+        the old buffers must not run over the new ones."""
+        return self.regrids, self.capacity, len(self.layers)
 
     def commit(self) -> None:
         """The forward pass wrote its columns into every layer: advance the write column."""

@@ -32,6 +32,11 @@ class EngineLimits(BaseModel):
         "of one prompt's tokens per second (bigger activations); the first joiner is always taken. None: "
         "no budget.",
     )
+    decode_graphs: bool | None = Field(
+        default=None,
+        description="Decode steps whose rows share one plugin run at fixed shapes, recorded as CUDA graphs "
+        "(models.decode_graph). None: on a CUDA device only; True on a CPU runs the fixed step eagerly.",
+    )
     kv_block_tokens: int = Field(
         default=256, ge=16, description="The KV cache grows by whole blocks of this many columns."
     )
