@@ -353,6 +353,8 @@ class HealthGPT:
 
     def embed_step(self, tokens: Sequence[int], plugins: Sequence[str]) -> torch.Tensor:
         """``[batch, 1, hidden]``: each row's last chosen token, embedded with its plugin's table."""
+        if len(set(plugins)) == 1:  # one lookup for the batch (a lookup copies rows: the same numbers)
+            return self._embed(torch.tensor(list(tokens), device=self.device), plugins[0]).unsqueeze(1)
         return torch.stack(
             [
                 self._embed(torch.tensor([token], device=self.device), plugin)[0]
