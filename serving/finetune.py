@@ -5,8 +5,9 @@ cancelled. The gateway that accepts it supervises it from a background thread an
 write and progress event; the work itself (tools.finetune.refresh) runs where training cannot block
 serving:
 
-- on Ray (the gateway is a Serve replica, or Ray is initialised): a Ray Train ``TorchTrainer`` with
-  ``settings.finetune.num_workers`` workers (GPUs if ``use_gpu``); progress comes back on a Ray queue;
+- on Ray (the gateway is a Serve replica, or Ray is initialised) with room for its workers: a Ray Train
+  ``TorchTrainer`` with ``settings.finetune.num_workers`` workers (GPUs if ``use_gpu``); progress comes
+  back on a Ray queue;
 - otherwise a child process (spawned), progress on a multiprocessing queue; ``executor: thread`` runs it
   in the gateway process (debugging).
 
@@ -417,7 +418,7 @@ class FineTuneService:
     def _run(self, job_id: int, plan: RefreshPlan, stop: threading.Event, lock_token: str | None) -> dict:
         executor = self.config.executor
         if executor == "auto":
-            executor = "ray" if _ray_running() else "process"
+            executor = self._auto_executor(job_id)
         if executor == "ray":
             runner: Any = _RayWorker(
                 plan,
@@ -453,6 +454,32 @@ class FineTuneService:
                     raise _Orphaned
         finally:
             runner.close()
+
+    def _auto_executor(self, job_id: int) -> str:
+        """``auto``: a Ray Train job where the Ray cluster has room for its workers now, else a child
+        process. On the embedded profile the replicas hold every CPU of the local Ray (two cores: 1 + 0.5 +
+        0.5), so a Ray Train worker would wait ``queue_timeout_s`` for a CPU no one frees; the child process
+        shares the machine's cores instead. The choice and its reason are the job's first event."""
+        if not _ray_running():
+            return "process"
+        import ray
+
+        config = self.config
+        need = {"CPU": config.cpus_per_worker * config.num_workers}
+        if config.use_gpu:
+            need["GPU"] = float(config.num_workers)
+        free = ray.available_resources()
+        if all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in need.items()):
+            return "ray"
+        wanted = ", ".join(f"{amount:g} {name}" for name, amount in need.items())
+        has = ", ".join(f"{free.get(name, 0.0):g} {name}" for name in need)
+        reason = (
+            f"the Ray cluster has {has} free and a Ray Train job needs {wanted}: training in a child process "
+            "of the gateway (finetune.executor: ray waits for room instead, up to finetune.queue_timeout_s)"
+        )
+        log.info("job %s: %s", job_id, reason)
+        self.services.backends.events.publish(job_id, "executor", {"executor": "process", "reason": reason})
+        return "process"
 
     def _relay(self, job_id: int, kind: str, data: dict[str, Any]) -> None:
         events = self.services.backends.events

@@ -62,7 +62,9 @@ class FineTuneSettings(BaseModel):
 
     executor: Literal["auto", "ray", "process", "thread"] = Field(
         default="auto",
-        description="auto: a Ray Train TorchTrainer when the gateway runs on Ray, else a child process. "
+        description="auto: a Ray Train TorchTrainer when the gateway runs on Ray and the cluster has room "
+        "for its workers when the job starts, else a child process. ray: Ray Train, waiting for room up to "
+        "queue_timeout_s. "
         "process: a child process of the gateway (killable, never holds the GIL of serving). thread: in the "
         "gateway process (tests, debugging).",
     )

@@ -264,3 +264,35 @@ def test_a_job_without_room_in_the_cluster_fails_at_its_queue_deadline(
     finally:
         client.__exit__(None, None, None)
         services.close()
+
+
+def test_auto_trains_in_a_child_process_when_the_cluster_has_no_room(
+    request: pytest.FixtureRequest, local_ray: Path, tmp_path: Path, database_url: str, tiny_spec, regression
+) -> None:
+    """``executor: auto`` on Ray whose replicas hold the CPUs a Ray Train worker needs (the embedded
+    profile on two cores): the job trains in a child process at once, and says so, instead of waiting
+    ``queue_timeout_s`` for a CPU no one frees."""
+    settings = _ray_job_settings(
+        request, tmp_path, database_url, regression, cpus_per_worker=64.0, queue_timeout_s=600.0
+    )
+    settings = settings.model_copy(
+        update={"finetune": settings.finetune.model_copy(update={"executor": "auto"})}
+    )
+    client, services = start(settings, HealthGPT(tiny_spec.model_copy(deep=True)))
+    try:
+        people = make_people(services)
+        correct_reads(services, people)
+        started = time.monotonic()
+        job = run_job(client, people, epochs=12)
+        assert time.monotonic() - started < 300
+        assert job["status"] in ("succeeded", "rejected"), json.dumps(job, indent=2)
+        events = client.get(f"/v1/admin/finetunes/{job['id']}/events", headers=auth(people.admin)).json()
+        kinds = [e["kind"] for e in events]
+        assert kinds[:3] == ["queued", "executor", "running"], kinds
+        reason = events[1]["data"]["reason"]
+        assert events[1]["data"]["executor"] == "process" and "64 CPU" in reason, reason
+        # Not a Ray Train run: nothing of one under the job's folder.
+        assert not list((settings.finetune_dir / f"job-{job['id']}" / "ray").glob("healthagent-finetune-*"))
+    finally:
+        client.__exit__(None, None, None)
+        services.close()
