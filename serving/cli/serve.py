@@ -162,6 +162,31 @@ def _check_resources(deployments: dict[str, Any], where: Path) -> None:
         fail(str(exc))
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Name a port in use before Ray starts: Serve's proxy would otherwise fail ~20 s later with pages of
+    Ray's tracebacks."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    family, kind, protocol, _, address = infos[0]
+    with socket.socket(family, kind, protocol) as probe:
+        # As the proxy binds (SO_REUSEADDR): a port left in TIME_WAIT by a server just stopped is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(
+                    f"port {port} on {host} is in use by another program: stop it, or choose another port "
+                    "(--port, HEALTHAGENT_PORT, or make run PORT=…)"
+                )
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def _wait_until_running(timeout_s: float) -> None:
     """Poll Serve until the application runs; name what failed or what is still not ready."""
     from ray import serve
@@ -219,6 +244,8 @@ def serve_command(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home from a clinic
     try:
         settings, overrides = _read_serve_config(serve_config, config, host, port)
+        if settings.ray.address is None:  # a local Ray: its HTTP proxy listens on this machine
+            _check_port_free(settings.host, settings.port)
         token, token_given = _prepare(settings)
         from ray import serve
 

@@ -39,6 +39,27 @@ def test_replicas_that_do_not_fit_stop_start_up_with_the_cause(tmp_path: Path) -
     assert time.monotonic() - started < 120
 
 
+def test_a_port_in_use_stops_start_up_with_the_cause(tmp_path: Path) -> None:
+    """Named before Ray starts (Serve's proxy would fail later, in pages of Ray's tracebacks)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [HEALTHAGENT, "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
