@@ -78,6 +78,9 @@ def _field_problem(key: str, message: str) -> Problem:
 
 
 def check_message(settings: Settings, message: str) -> None:
+    if not message.strip():  # nothing to answer, screen or store
+        detail = "message: only whitespace; write something to send"
+        raise Problem(422, detail, errors=[{"field": "message", "message": detail}])
     limit = settings.max_message_chars
     if len(message) > limit:
         detail = f"message: longer than {limit} characters"

@@ -52,6 +52,8 @@ def triage_command(
     evidence and its sources — English and Chinese, from the knowledge base in tools/triage/kb/."""
     from tools.triage import KnowledgeError, triage
 
+    if not text.strip():
+        fail("error: TEXT is empty; give the message to screen, or - to read messages from stdin")
     try:
         if text != "-":
             _show(triage(text), json_out)

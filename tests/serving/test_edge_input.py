@@ -110,6 +110,19 @@ def test_text_no_database_can_store_is_422(edge_api) -> None:
     _problem(form)
     payload = '{"message_id": 1, "kind": "correction", "payload": {"text": "x\\u0000"}}'
     _problem(client.post("/v1/feedback", content=payload, headers=headers))
+    # Only whitespace: nothing to screen, answer or store (JSON and form alike); "" fails the schema.
+    for blank in ('"   "', '"\\n\\t "'):
+        response = client.post(
+            f"/v1/consultations/{consultation}/messages", content=f'{{"message": {blank}}}', headers=headers
+        )
+        assert "whitespace" in _problem(response)["detail"]
+    blank_form = client.post(
+        f"/v1/consultations/{consultation}/messages",
+        files={"message": (None, "  ")},
+        headers=auth(people.pam),
+    )
+    _problem(blank_form)
+    assert _problem(client.post("/v1/chat", content='{"message": " "}', headers=headers))
     # A consultation id that no route could have made answers like a missing one.
     _problem(client.get("/v1/consultations/abc%00def", headers=auth(people.pam)), 404)
     # The consultation goes on.

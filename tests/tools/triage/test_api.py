@@ -93,6 +93,12 @@ def test_cli_human_readable(cli: typer.Typer) -> None:
     assert calm.exit_code == 0 and not calm.output.startswith("RED FLAG")
 
 
+def test_cli_refuses_an_empty_message(cli: typer.Typer) -> None:
+    for text in ("", "   "):
+        result = CliRunner().invoke(cli, ["triage", text])
+        assert result.exit_code == 2 and "TEXT is empty" in result.output, result.output
+
+
 def test_cli_kb_check(cli: typer.Typer) -> None:
     result = CliRunner().invoke(cli, ["triage-kb"])
     assert result.exit_code == 0, result.output
