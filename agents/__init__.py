@@ -15,9 +15,11 @@ from agents.intake import (
     take_study,
     take_uploads,
 )
+from agents.prompts import DEMO_WEIGHTS_NOTICE
 from agents.state import Actor, InputState
 
 __all__ = [
+    "DEMO_WEIGHTS_NOTICE",
     "Actor",
     "InputState",
     "Intake",

@@ -132,7 +132,16 @@ def _drafted(
     # Written before the review interrupt, in its own node, so resuming the thread does not write it again.
     with context.open_records() as records:
         read_id = records.add_read(state["study_id"], draft, provenance).id
-    return {"draft": draft, "read_id": read_id, "provenance": provenance, "tool_results": results}
+    # What the physician is shown while the read awaits sign-off (compose writes the final answer).
+    answer, disclaimer = _presented(draft, provenance, state.get("language", "en"), preliminary=True)
+    return {
+        "draft": draft,
+        "read_id": read_id,
+        "provenance": provenance,
+        "tool_results": results,
+        "answer": answer,
+        "disclaimer": disclaimer,
+    }
 
 
 def _series_read(
@@ -325,18 +334,27 @@ def refuse(state: ChatState) -> ChatState:
 
 
 def compose(state: ChatState) -> ChatState:
-    language = state.get("language", "en")
-    text = state.get("draft") or "(the model returned no text)"
-    provenance = state.get("provenance") or {}
+    text, disclaimer = _presented(
+        state.get("draft") or "(the model returned no text)",
+        state.get("provenance") or {},
+        state.get("language", "en"),
+        preliminary=state.get("route") == Route.second_read and not state.get("approval"),
+    )
+    return {"answer": text, "disclaimer": disclaimer}
+
+
+def _presented(text: str, provenance: dict[str, Any], language: str, *, preliminary: bool) -> tuple[str, str]:
+    """A draft as its reader sees it, and the note that goes with it: an unsigned read is labelled
+    preliminary; demo weights are said to be so."""
     author = provenance.get("author", "ai")
-    if state.get("route") == Route.second_read and not state.get("approval"):
+    if preliminary:
         text = f"{prompts.PRELIMINARY_NOTICE[language]}\n{text}"
     # A physician's own text is never labelled as the model's: no demo notice, no AI disclaimer. A
     # signed draft keeps the demo notice (its words are still the demo model's) with a signed note.
     if provenance.get("demo_weights") and author != "physician":
         text = f"{text}\n\n{prompts.DEMO_WEIGHTS_NOTICE}"
     disclaimer = prompts.AUTHOR_NOTES[author][language] if author != "ai" else prompts.DISCLAIMERS[language]
-    return {"answer": text, "disclaimer": disclaimer}
+    return text, disclaimer
 
 
 def post_check(state: ChatState) -> ChatState:

@@ -308,8 +308,12 @@ def finish_turn(
         "injection": state.get("injection") or [],
     }
     if pending:
+        # The draft labelled preliminary (and demo, where it is), as the second-read step presented it.
         result.update(
-            answer=state.get("draft", ""), disclaimer="", status="awaiting_signoff", message_id=None
+            answer=state.get("answer") or state.get("draft", ""),
+            disclaimer=state.get("disclaimer") or "",
+            status="awaiting_signoff",
+            message_id=None,
         )
         return result
     with records_for(services, principal) as records:

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from agents import DEMO_WEIGHTS_NOTICE
 from memory.schema import AdapterStatus, ConsultationStatus, DerivedStatus, JobStatus, ReadStatus
 from tools.healthgpt import ImageTask, ModelHealth, Provenance
 
@@ -242,6 +243,13 @@ class ReadOut(_FromRow):
     def consultation_id(self) -> str | None:
         """The consultation whose review step waits for this read's sign-off."""
         return (self.provenance or {}).get("consultation_id")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def notice(self) -> str | None:
+        """Said of every draft the demo weights wrote (``ai_draft`` itself stays as the model wrote it:
+        corrections are paired with it for training)."""
+        return DEMO_WEIGHTS_NOTICE if (self.provenance or {}).get("demo_weights") else None
 
 
 class FeedbackResponse(_FromRow):

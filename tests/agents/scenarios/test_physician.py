@@ -52,8 +52,12 @@ def test_second_read_stays_preliminary_until_signed(api) -> None:
     body = drafted.json()
     assert body["status"] == "awaiting_signoff" and body["route"] == "second_read" and body["read_id"]
     assert "Findings:" in body["answer"] and body["provenance"]["adapter_version"] == "tiny-seed0-v1"
+    # Shown as what it is: preliminary, from demo weights, AI-written; the stored draft stays the model's.
+    assert body["answer"].startswith("PRELIMINARY AI read") and "Demo model" in body["answer"]
+    assert body["disclaimer"].startswith("This is AI-generated")
     read = client.get(f"/v1/reads/{body['read_id']}", headers=auth(people.dr_doe)).json()
     assert read["status"] == "preliminary" and read["physician_final"] is None
+    assert read["notice"].startswith("Demo model") and "Demo model" not in read["ai_draft"]
     assert client.get(f"/v1/reads/{body['read_id']}", headers=auth(people.pam)).status_code == 404
     assert client.post(f"/v1/studies/{study['id']}/reads", headers=auth(people.pam)).status_code == 403
     # The thread waits for the sign-off: a message there would abandon the read, so it is refused.
