@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from serving.cli.common import ConfigOption, fail, load
+from serving.cli.common import fail, load
 
 if TYPE_CHECKING:
     from serving.settings import Settings
@@ -226,7 +226,14 @@ def _announce(settings: Settings, token: str, token_given: bool, started: float)
 
 
 def serve_command(
-    config: ConfigOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Settings YAML (default: $HEALTHAGENT_CONFIG, else the one the Serve config names).",
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     serve_config: Annotated[
