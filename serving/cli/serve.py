@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,7 +33,9 @@ class Stopped(BaseException):
 
 
 def _stop(signum: int, _frame: object) -> None:
-    raise Stopped(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    typer.echo(f"{name}: shutting down ...")  # now, not after the teardown it starts
+    raise Stopped(name)
 
 
 def _stop_on_signals() -> None:
@@ -142,8 +145,24 @@ def _ray(settings: Settings) -> Iterator[None]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping: leave at once
             signal.signal(sig, lambda *_: os._exit(130))
-        serve.shutdown()
+        _bounded(serve.shutdown, SERVE_SHUTDOWN_S, "Serve")
         ray.shutdown()
+
+
+# Serve's own shutdown waits 30 s for its controller, which a signal sent to the whole process group
+# (systemd, docker stop, kill -- -PGID) has already killed along with the replicas; a controller that is
+# alive drains and stops well within this.
+SERVE_SHUTDOWN_S = 10.0
+
+
+def _bounded(step: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run a shutdown step for at most ``timeout_s``; past that, say so and go on (it is left behind
+    in a daemon thread that dies with the process)."""
+    worker = threading.Thread(target=step, name=f"stop-{what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        typer.echo(f"{what} did not stop within {timeout_s:g} s (its processes may be gone); going on")
 
 
 def _check_resources(deployments: dict[str, Any], where: Path) -> None:
@@ -273,8 +292,8 @@ def serve_command(
             _announce(settings, token, token_given, started)
             while True:
                 time.sleep(3600)
-    except Stopped as stop:
-        typer.echo(f"{stop}: shutting down ...")
+    except Stopped:
+        pass  # announced by the handler; everything is torn down on the way here
     except SystemExit as leaving:
         # While ray.init runs, Ray's own driver handler turns SIGTERM into SystemExit(15).
         if leaving.code != signal.SIGTERM:

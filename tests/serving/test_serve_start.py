@@ -81,3 +81,34 @@ def test_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
             process.wait()
             pytest.fail(f"SIGTERM did not stop start-up:\n{log_path.read_text()[-3000:]}")
     assert "SIGTERM: shutting down" in log_path.read_text()
+
+
+def test_sigterm_to_the_whole_process_group_stops_a_running_service_promptly(tmp_path: Path) -> None:
+    """What systemd, docker stop and ``kill -- -PGID`` do: Ray's processes get the signal too, so Serve's
+    controller is gone before the shutdown asks it to stop (Serve then waited 30 s for it)."""
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [HEALTHAGENT, "serve", "--port", "0"],
+            cwd=REPO,
+            env=_env(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a service manager gives it
+        )
+    try:
+        deadline = time.monotonic() + 150
+        while "Health Agent is ready at" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"SIGTERM to the group did not stop it:\n{log_path.read_text()[-3000:]}")
+    assert "SIGTERM: shutting down" in log_path.read_text()
+    assert took < 30, f"{took:.1f} s"
