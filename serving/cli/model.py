@@ -59,8 +59,8 @@ def _call(
     spec: str, image: Path | None, run: Callable, adapter: Path | None = None, plugin: str = ""
 ) -> tuple:
     """Load the model and the image, run, and turn a model-side ValueError into a clear exit."""
+    picture = _image(image)  # a bad file is named before the model takes its time to load
     model = load_model(spec, adapter, plugin)
-    picture = _image(image)
     try:
         return model, run(model, picture)
     except (ValueError, FileNotFoundError) as exc:
