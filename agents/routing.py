@@ -44,7 +44,12 @@ def route(role: str, request: str, intent: str, red_flag: bool) -> tuple[Route, 
     read, image task) outrank the message's intent."""
     if red_flag and role == "patient":
         return Route.escalate, None
-    asked = request if request in ("second_read", "image_task") else intent
+    explicit = request in ("second_read", "image_task")
+    asked = request if explicit else intent
+    if role == "patient" and asked == "image_task" and not explicit:
+        # Only an explicit image task is refused to a patient; words the intent screen takes for one
+        # ("what is this scan?" with a DICOM attached) are a question about their picture: a consult.
+        return Route.consult, None
     return TABLE.get(
         (role, asked), (Route.refuse, "admin_only" if role != "admin" else "no_patient_data_for_admin")
     )
