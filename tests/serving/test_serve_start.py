@@ -60,16 +60,22 @@ def test_a_port_in_use_stops_start_up_with_the_cause(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
-    log_path = tmp_path / "serve.log"
+def _serve(tmp_path: Path, log_path: Path, **popen: object) -> subprocess.Popen:
+    """``healthagent serve`` on a free port from the project folder, its output in ``log_path``."""
     with log_path.open("w") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [HEALTHAGENT, "serve", "--port", "0"],
             cwd=REPO,
             env=_env(tmp_path),
             stdout=log,
             stderr=subprocess.STDOUT,
+            **popen,
         )
+
+
+def test_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
+    log_path = tmp_path / "serve.log"
+    process = _serve(tmp_path, log_path)
     try:
         time.sleep(6)  # inside start-up: database, model, Ray starting or deploying
         assert process.poll() is None, log_path.read_text()[-3000:]
@@ -87,15 +93,8 @@ def test_sigterm_to_the_whole_process_group_stops_a_running_service_promptly(tmp
     """What systemd, docker stop and ``kill -- -PGID`` do: Ray's processes get the signal too, so Serve's
     controller is gone before the shutdown asks it to stop (Serve then waited 30 s for it)."""
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [HEALTHAGENT, "serve", "--port", "0"],
-            cwd=REPO,
-            env=_env(tmp_path),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, as a service manager gives it
-        )
+    # Its own process group, as a service manager gives it.
+    process = _serve(tmp_path, log_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 150
         while "Health Agent is ready at" not in log_path.read_text():
