@@ -186,7 +186,9 @@ def second_read(client, people, colour) -> dict:
     assert study.status_code == 201, study.text
     drafted = client.post(f"/v1/studies/{study.json()['id']}/reads", headers=auth(people.dr_doe))
     assert drafted.status_code == 201 and drafted.json()["read_id"], drafted.text
-    return drafted.json() | {"study_id": study.json()["id"]}
+    # The answer is the draft as presented (labelled preliminary, demo); the read holds the model's text.
+    read = client.get(f"/v1/reads/{drafted.json()['read_id']}", headers=auth(people.dr_doe)).json()
+    return drafted.json() | {"study_id": study.json()["id"], "ai_draft": read["ai_draft"]}
 
 
 def correct_reads_http(client, people, services, count: int = 12) -> None:
@@ -292,8 +294,8 @@ def test_corrections_job_gate_promote_rollback(world) -> None:
     # The next second read carries it too, and a trained question gets its trained answer.
     read = second_read(client, people, shade(list(FINDINGS)[1], 2))
     assert read["provenance"]["adapter_version"] == candidate, read["provenance"]
-    drafted = read_sections(read["answer"])["findings"]  # cut at the settings' max_new_tokens
-    assert len(drafted) >= 6 and FINDINGS[list(FINDINGS)[1]].startswith(drafted), read["answer"]
+    drafted = read_sections(read["ai_draft"])["findings"]  # cut at the settings' max_new_tokens
+    assert len(drafted) >= 6 and FINDINGS[list(FINDINGS)[1]].startswith(drafted), read["ai_draft"]
     trained_text, _ = answer_with_version(services, picture)
     assert trained_text == FINDINGS[list(FINDINGS)[1]] != before_text
 
