@@ -29,6 +29,21 @@ SCREENED_TEXT_FIELDS = (
 )
 
 
+# Objects that carry pixel data but are derived from images, not pictures of the patient: a read of them
+# would describe a label map or a dose grid as anatomy. Keyed by SOP Class UID (PS3.4 B.5).
+DERIVED_OBJECTS = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a Segmentation is a label map drawn over another image",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a Label Map Segmentation is drawn over another image",
+    "1.2.840.10008.5.1.4.1.1.30": "a Parametric Map holds values computed from other images",
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT Dose is a planned radiation dose grid",
+}
+
+
+def derived_object(sop_class_uid: str) -> str | None:
+    """Why an object of this SOP class is not an image to read, or None."""
+    return DERIVED_OBJECTS.get(sop_class_uid.strip())
+
+
 class DicomRejected(ValueError):
     """A study that cannot be taken in; ``reason`` is a short code, the message says why."""
 
@@ -55,6 +70,11 @@ def ingest_dicom(
         dataset = read_dataset(data, max_bytes)  # size-capped, truncation and deflate-bomb checked
     except DicomError as exc:
         raise DicomRejected(exc.reason, str(exc)) from exc
+    why = derived_object(str(dataset.get("SOPClassUID", "")))
+    if why is not None:
+        raise DicomRejected(
+            "derived_object", f"{why}, not an image to read; upload the images it was made from"
+        )
     text_fields = [str(dataset.get(name, "")) for name in SCREENED_TEXT_FIELDS if dataset.get(name)]
     try:
         result = deidentify(dataset, key=key, options=DeidOptions(burned_in=burned_in))

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns 
 
 KEY = b"test-upload-fuzz-key-0123456789ab"
 # What the ingest may answer: the DICOM reasons, the intake's own, and a refused picture.
-KNOWN_REASONS = {*REASONS, "burned_in", "unsupported", "unsupported_image"}
+KNOWN_REASONS = {*REASONS, "burned_in", "unsupported", "unsupported_image", "derived_object"}
 
 
 def real(name: str) -> bytes:
@@ -66,6 +66,12 @@ def rejected(data: bytes, burned_in: str = "refuse") -> DicomRejected:
         ingest_dicom(data, key=KEY, burned_in=burned_in)
     assert caught.value.reason in KNOWN_REASONS
     return caught.value
+
+
+@pytest.mark.parametrize("name", ["liver_1frame.dcm", "rtdose.dcm"])
+def test_derived_objects_are_not_images_to_read(name: str) -> None:
+    refusal = rejected(real(name))
+    assert refusal.reason == "derived_object" and "upload the images it was made from" in str(refusal)
 
 
 # -------------------------------------------------------------------------- transfer syntax defects

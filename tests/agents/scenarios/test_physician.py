@@ -44,6 +44,16 @@ def test_a_study_is_de_identified_before_it_is_kept(api) -> None:
     assert upload_study(client, people.dr_who, people.pam_patient_id).status_code == 404
 
 
+def test_a_segmentation_or_dose_grid_is_not_taken_as_a_study(api) -> None:
+    """Both carry pixel data, but a read would describe a label map or a dose grid as anatomy."""
+    client, people, _ = api
+    for name, kind in (("liver_1frame.dcm", "Segmentation"), ("rtdose.dcm", "RT Dose")):
+        data = open(get_testdata_file(name), "rb").read()
+        response = upload_study(client, people.dr_doe, people.pam_patient_id, data)
+        assert response.status_code == 422, response.text
+        assert kind in response.json()["detail"] and "not an image to read" in response.json()["detail"]
+
+
 def test_second_read_stays_preliminary_until_signed(api) -> None:
     client, people, _ = api
     study = upload_study(client, people.dr_doe, people.pam_patient_id).json()
