@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 30
 # Series that are not images a model can read: reports, key-object notes, presentation states,
 # segmentations, encapsulated documents.
-_NOT_IMAGES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "RTPLAN", "DOC", "REG"}
+_NOT_IMAGES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "REG"}
 
 
 def pacs_config(settings: PacsSettings) -> PacsConfig:
