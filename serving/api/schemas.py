@@ -234,7 +234,7 @@ class ReadOut(_FromRow):
     id: int
     study_id: int
     status: ReadStatus
-    ai_draft: str
+    ai_draft: str | None = Field(description="The model's draft as written; null for patients.")
     physician_final: str | None
     provenance: dict[str, Any]
 
@@ -249,7 +249,8 @@ class ReadOut(_FromRow):
     def notice(self) -> str | None:
         """Said of every draft the demo weights wrote (``ai_draft`` itself stays as the model wrote it:
         corrections are paired with it for training)."""
-        return DEMO_WEIGHTS_NOTICE if (self.provenance or {}).get("demo_weights") else None
+        shown = self.ai_draft is not None
+        return DEMO_WEIGHTS_NOTICE if shown and (self.provenance or {}).get("demo_weights") else None
 
 
 class FeedbackResponse(_FromRow):

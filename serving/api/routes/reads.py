@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from memory import outbox
-from memory.schema import ReadStatus
+from memory.schema import ReadStatus, Role
 from memory.users import Principal
 from serving.api.deps import Caller, Physician, Services
 from serving.api.routes.pacs import outbox_of
@@ -59,9 +59,12 @@ def _pacs_report(services: GatewayServices, principal: Principal, read_id: int) 
 
 @router.get("/{read_id}", response_model=ReadWithReportOut)
 def get_read(read_id: PathId, principal: Caller, services: Services) -> ReadWithReportOut:
-    """A read. Patients see their reads once a physician signed them."""
+    """A read. Patients see their reads once a physician signed them, and only the signed text: a draft the
+    physician corrected is not theirs to act on (``ai_draft`` is null for them, as in the web app)."""
     with records_for(services, principal) as records:
         read = ReadOut.model_validate(records.get_read(read_id))
+    if principal.role is Role.patient:
+        read = read.model_copy(update={"ai_draft": None})
     return ReadWithReportOut(**read.model_dump(), pacs_report=_pacs_report(services, principal, read_id))
 
 

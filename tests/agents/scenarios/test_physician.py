@@ -85,6 +85,7 @@ def test_second_read_stays_preliminary_until_signed(api) -> None:
     assert signed.json()["status"] == "answered" and "PRELIMINARY" not in signed.json()["answer"]
     final = client.get(f"/v1/reads/{body['read_id']}", headers=auth(people.pam)).json()
     assert final["status"] == "final" and final["physician_final"] == read["ai_draft"]
+    assert final["ai_draft"] is None and final["notice"] is None  # the patient sees the signed text only
     again = client.post(
         f"/v1/reads/{body['read_id']}/signoff", json={"action": "sign"}, headers=auth(people.dr_doe)
     )
@@ -109,6 +110,10 @@ def test_a_correction_is_logged_as_feedback_with_the_adapter_version(api) -> Non
     assert corrected.status_code == 200, corrected.text
     read = client.get(f"/v1/reads/{read_id}", headers=auth(people.dr_doe)).json()
     assert (read["status"], read["physician_final"]) == ("final", "No acute findings. Small left effusion.")
+    assert read["ai_draft"] and read["ai_draft"] != read["physician_final"]
+    # The patient gets the corrected report, never the draft the physician overruled.
+    shown = client.get(f"/v1/reads/{read_id}", headers=auth(people.pam)).json()
+    assert shown["physician_final"] == read["physician_final"] and shown["ai_draft"] is None
     summary = client.get("/v1/admin/feedback/summary", headers=auth(people.admin)).json()
     assert {
         "plugin": "comprehension",
