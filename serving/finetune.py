@@ -224,8 +224,13 @@ class FineTuneService:
                     "datasets": list(request.datasets),
                     "feedback": request.feedback,
                 }
-                job = records.create_job(request.plugin, config, champion_version=champion.version)
-                records.touch_job(job.id, runner=self.runner_id)
+                shortfall = self._shortfall(records, request.plugin, champion.version, config)
+                if shortfall is None:
+                    job = records.create_job(request.plugin, config, champion_version=champion.version)
+                    records.touch_job(job.id, runner=self.runner_id)
+            # Refused after the transaction commits: the feedback it counted was read, and that is audited.
+            if shortfall is not None:
+                raise InvalidInput(shortfall)
         except BaseException:
             self.services.backends.locks.release(_job_lock(request.plugin), token)
             raise
@@ -248,6 +253,32 @@ class FineTuneService:
                 raise InvalidInput(
                     f"datasets: {dataset_id} was registered for {entry.plugin}, not {request.plugin}"
                 )
+
+    def _selection_args(self, config: dict) -> dict[str, Any]:
+        """What a job of ``config`` selects besides the champion: its date, curated datasets, feedback."""
+        from memory.records import _as_utc
+        from tools.finetune.curated import curated_rows
+
+        since = _as_utc(datetime.fromisoformat(config["since"])) if config.get("since") else None
+        library, pixels = datasets_dir(self.settings), self.services.pixels
+        curated = {name: curated_rows(library, name, pixels) for name in config.get("datasets") or ()}
+        return {"since": since, "curated": curated, "feedback": config.get("feedback", True)}
+
+    def _shortfall(self, records: Records, plugin: str, champion_version: str, config: dict) -> str | None:
+        """Why a job of ``config`` could not train, counted as its worker will count (feedback only grows
+        until the job snapshots it), or None. Saves the admin a job that starts only to fail."""
+        from tools.finetune.dataset import split_of
+        from tools.finetune.feedback import select_rows
+        from tools.finetune.refresh import METHOD_KINDS, too_few_rows
+
+        kinds = METHOD_KINDS[config.get("method") or "all"]
+        selection = self._selection_args(config)
+        rows = select_rows(
+            records, plugin, self.services.pixels, since_version=champion_version, **selection
+        ).rows
+        fraction = self.config.heldout_fraction
+        count = sum(1 for row in rows if row.kind in kinds and split_of(row.group, fraction) == "train")
+        return too_few_rows(count, config.get("method") or "all", int(config["min_examples"]))
 
     def _ensure_champion(self, records: Records, plugin: str, serving: dict[str, str]):
         """The registered champion; the base plugin is registered as the first champion when none is."""
@@ -347,7 +378,6 @@ class FineTuneService:
 
     def _plan(self, records: Records, job: FineTuneJob) -> RefreshPlan:
         from memory.records import _as_utc
-        from tools.finetune.curated import curated_rows
         from tools.finetune.dataset import MANIFEST_FILE, read_manifest
         from tools.finetune.feedback import snapshot_from_records
 
@@ -358,19 +388,14 @@ class FineTuneService:
         if not (snapshot / MANIFEST_FILE).exists():
             if snapshot.exists():
                 shutil.rmtree(snapshot)  # an unfinished snapshot of a gateway that died
-            since = datetime.fromisoformat(config["since"]) if config.get("since") else None
-            library, pixels = datasets_dir(self.settings), self.services.pixels
-            curated = {name: curated_rows(library, name, pixels) for name in config.get("datasets") or ()}
             manifest = snapshot_from_records(
                 records,
                 job.plugin,
                 snapshot,
                 self.services.pixels,
                 since_version=champion.version if champion is not None else None,
-                since=_as_utc(since) if since else None,
                 heldout_fraction=self.config.heldout_fraction,
-                curated=curated,
-                feedback=config.get("feedback", True),
+                **self._selection_args(config),
             )
         else:
             manifest = read_manifest(snapshot)

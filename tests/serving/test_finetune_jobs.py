@@ -447,8 +447,19 @@ def test_one_job_per_plugin_cancel_and_validation(world) -> None:
         client.post("/v1/admin/finetunes", json={"plugin": "nope"}, headers=auth(people.admin)).status_code
         == 422
     )
-    too_few = run_job(client, people, min_examples=10_000)
-    assert too_few["status"] == "failed" and "min_examples" in too_few["error"]
+    # Too little to train on is refused before a job exists, in the words the worker would use.
+    jobs_before = len(client.get("/v1/admin/finetunes", headers=auth(people.admin)).json())
+    too_few = client.post(
+        "/v1/admin/finetunes", json={"plugin": PLUGIN, "min_examples": 10_000}, headers=auth(people.admin)
+    )
+    assert too_few.status_code == 422, too_few.text
+    detail = too_few.json()["detail"]
+    assert "training rows for method 'all'" in detail and "at least 10000" in detail, detail
+    assert len(client.get("/v1/admin/finetunes", headers=auth(people.admin)).json()) == jobs_before
+    again = client.post(  # 422 again, not 409: the refusal released the plugin's job lock
+        "/v1/admin/finetunes", json={"plugin": PLUGIN, "min_examples": 10_000}, headers=auth(people.admin)
+    )
+    assert again.status_code == 422, again.text
 
 
 def test_promotion_under_concurrent_requests_fails_none(world) -> None:

@@ -215,10 +215,16 @@ def test_a_job_runs_on_ray_train(
         cancelled = client.get(f"/v1/admin/finetunes/{job_id}", headers=auth(people.admin)).json()
         assert cancelled["status"] == "cancelled" and cancelled["candidate_version"] is None, cancelled
 
-        # A dataset it cannot train on fails the job with the worker's own reason.
-        too_few = run_job(client, people, min_examples=10_000)
-        assert too_few["status"] == "failed" and "min_examples" in too_few["error"], too_few["error"]
-        assert "Traceback" not in too_few["error"], too_few["error"]  # the worker's reason, not Ray's
+        # A worker that fails (here: the gate's regression set is not one) fails the job with its own reason.
+        broken = tmp_path / "not-a-regression-set"
+        broken.mkdir()
+        services.finetunes.config = services.finetunes.config.model_copy(
+            update={"epochs": 1, "regression_set": broken}
+        )
+        failed = run_job(client, people)
+        assert failed["status"] == "failed", failed
+        assert "not a frozen regression set" in failed["error"], failed["error"]
+        assert "Traceback" not in failed["error"], failed["error"]  # the worker's reason, not Ray's
         assert services.model.info().adapter_versions[PLUGIN] == job["champion_version"]
     finally:
         client.__exit__(None, None, None)
@@ -238,6 +244,7 @@ def test_a_job_without_room_in_the_cluster_fails_at_its_queue_deadline(
     client, services = start(settings, HealthGPT(tiny_spec.model_copy(deep=True)))
     try:
         people = make_people(services)
+        correct_reads(services, people)  # enough to train on: what it lacks is the GPU
         started = time.monotonic()
         job_id = client.post(
             "/v1/admin/finetunes", json={"plugin": PLUGIN}, headers=auth(people.admin)

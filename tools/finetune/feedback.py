@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from memory.pixels import PixelStore
 from memory.records import Records, TrainingFeedback
@@ -176,22 +177,28 @@ def _rows_of(
     return [row("kto", item.question, item.output, "message-rating", None, desirable=desirable)]
 
 
-def snapshot_from_records(
+@dataclass
+class Selected:
+    """The rows a dataset from feedback (and curated sets) would hold, before they are split and written."""
+
+    rows: list[DatasetRow]
+    skipped: Counter[str]
+    selection: dict[str, Any]  # what was asked for, as the manifest records it
+
+
+def select_rows(
     records: Records,
     plugin: str,
-    out_dir: Path,
     pixels: PixelStore | None,
     *,
     since_version: str | None = None,
     since: datetime | None = None,
-    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
     curated: Mapping[str, Sequence[DatasetRow]] | None = None,
     feedback: bool = True,
-) -> Manifest:
-    """Feedback on ``plugin`` since a version (the champion) and/or a date, written as a dataset snapshot
-    in ``out_dir``, followed by the rows of the registered ``curated`` datasets (id -> rows); with
-    ``feedback=False`` the curated rows alone. ``records`` must act for an admin (the listing is
-    audited)."""
+) -> Selected:
+    """Feedback on ``plugin`` since a version (the champion) and/or a date as rows, followed by the rows
+    of the registered ``curated`` datasets (id -> rows); with ``feedback=False`` the curated rows alone.
+    ``records`` must act for an admin (the listing is audited)."""
     curated = dict(curated or {})
     if not feedback and not curated:
         raise ValueError("a dataset without feedback needs at least one curated dataset")
@@ -206,13 +213,32 @@ def snapshot_from_records(
         "curated": {dataset_id: len(rows) for dataset_id, rows in curated.items()},
     }
     rows = built.rows + [row for dataset in curated.values() for row in dataset]
+    return Selected(rows, built.skipped, selection)
+
+
+def snapshot_from_records(
+    records: Records,
+    plugin: str,
+    out_dir: Path,
+    pixels: PixelStore | None,
+    *,
+    since_version: str | None = None,
+    since: datetime | None = None,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    curated: Mapping[str, Sequence[DatasetRow]] | None = None,
+    feedback: bool = True,
+) -> Manifest:
+    """The rows of :func:`select_rows`, written as a dataset snapshot in ``out_dir``."""
+    selected = select_rows(
+        records, plugin, pixels, since_version=since_version, since=since, curated=curated, feedback=feedback
+    )
     return write_snapshot(
         out_dir,
-        rows,
+        selected.rows,
         pixels=pixels,
         plugin=plugin,
         source="feedback" if feedback else "curated",
-        selection=selection,
+        selection=selected.selection,
         heldout_fraction=heldout_fraction,
-        skipped=dict(built.skipped),
+        skipped=dict(selected.skipped),
     )

@@ -31,6 +31,16 @@ METHOD_KINDS: dict[str, frozenset[str]] = {
 OUTCOME_FILE = "outcome.json"
 
 
+def too_few_rows(count: int, method: str, min_examples: int) -> str | None:
+    """Why a job cannot train on ``count`` training rows of its method's kinds, or None."""
+    if count >= min_examples:
+        return None
+    return (
+        f"{count} training rows for method {method!r} in the job's dataset (feedback since the champion and "
+        f"any curated datasets, less the held-out part); the job needs at least {min_examples} (min_examples)"
+    )
+
+
 class RefreshStopped(Exception):
     """Cancelled between two optimizer steps."""
 
@@ -95,12 +105,9 @@ def run_refresh(plan: RefreshPlan, report: Report, should_stop: Callable[[], boo
     snapshot = load_snapshot(Path(plan.snapshot_dir), pixels)  # verified against its manifest
     kinds = METHOD_KINDS[plan.method]
     rows = [row for row in snapshot.train if row.kind in kinds]
-    if len(rows) < plan.min_examples:
-        raise ValueError(
-            f"{len(rows)} training rows for method {plan.method!r} in the job's dataset (feedback since the "
-            "champion and any curated datasets); "
-            f"the job needs at least {plan.min_examples} (min_examples)"
-        )
+    shortfall = too_few_rows(len(rows), plan.method, plan.min_examples)
+    if shortfall is not None:
+        raise ValueError(shortfall)
     base = ModelSpec.model_validate(plan.spec)
     champion = Path(plan.champion_dir) if plan.champion_dir else None
     spec = with_adapter(base, plan.plugin, champion) if champion is not None else base

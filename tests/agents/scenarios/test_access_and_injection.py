@@ -116,20 +116,34 @@ def test_admins_manage_feedback_and_adapters_but_see_no_patient_data(api) -> Non
 
 
 def test_an_admin_starts_a_fine_tune_from_the_chat_and_nobody_else_can(api) -> None:
+    from tests.serving.test_finetune_jobs import correct_reads
+
     client, people, _ = api
+    services = client.app.state.services
     admin_thread = new_consultation(client, people.admin)
-    body = client.post(
-        f"/v1/consultations/{admin_thread}/messages",
-        json={"message": "please fine-tune the generation plugin on the new feedback"},
-        headers=auth(people.admin),
-    ).json()
-    assert body["route"] == "admin", body
-    started = re.search(r"Started fine-tune job (\d+) on generation", body["answer"])
+
+    def ask(message: str) -> dict:
+        path = f"/v1/consultations/{admin_thread}/messages"
+        body = client.post(path, json={"message": message}, headers=auth(people.admin)).json()
+        assert body["route"] == "admin", body
+        return body
+
+    # Nothing to train on yet: the chat says why, and no job is left to fail.
+    refused = ask("please fine-tune the generation plugin on the new feedback")
+    said = refused["answer"]
+    assert "Could not start a fine-tune on generation: 0 training rows" in said, said
+    assert client.get("/v1/admin/finetunes", headers=auth(people.admin)).json() == []
+    correct_reads(services, people)
+    body = ask("please fine-tune the comprehension plugin on the new feedback")
+    started = re.search(r"Started fine-tune job (\d+) on comprehension", body["answer"])
     assert started, body["answer"]
-    job = client.get(f"/v1/admin/finetunes/{started.group(1)}", headers=auth(people.admin)).json()
-    assert job["plugin"] == "generation" and job["status"] in {
+    job_id = int(started.group(1))
+    job = client.get(f"/v1/admin/finetunes/{job_id}", headers=auth(people.admin)).json()
+    assert job["plugin"] == "comprehension" and job["status"] in {
         "queued", "running", "evaluating", "failed", "succeeded", "rejected"
     }  # fmt: skip
+    client.post(f"/v1/admin/finetunes/{job_id}/cancel", headers=auth(people.admin))  # training: not the point
+    services.finetunes.wait(job_id, 120)
     assert "Recent fine-tune jobs" in body["answer"]
     # A patient asking the same never reaches the admin route, let alone a job.
     patient = say(client, people.pam, new_consultation(client, people.pam), "fine-tune the generation plugin")
