@@ -29,6 +29,7 @@ from tools.reads import READ_QUESTIONS
 from tools.retrieval import build_index
 from tools.series import SliceFinding, merged_findings, series_draft
 from tools.triage import ADVICE, CATEGORIES, CATEGORIES_ZH
+from tools.triage.language import language_name, unscreened_language
 from tools.triage.text import language_of
 
 
@@ -51,11 +52,9 @@ def safety_screen(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     text = state["messages"][-1]["content"]
     screening = runtime.context.screen(text)
     # An explicit API request (second read, image task) outranks the intent: the route table decides.
-    return {
-        "triage": screening.triage.model_dump(),
-        "injection": injection_findings(text),
-        "intent": screening.intent.intent,
-    }
+    # The screen reads English and Chinese; a message in another language must not look screened.
+    triage = {**screening.triage.model_dump(), "unscreened_language": unscreened_language(text)}
+    return {"triage": triage, "injection": injection_findings(text), "intent": screening.intent.intent}
 
 
 def decide_route(state: ChatState) -> ChatState:
@@ -362,6 +361,9 @@ def post_check(state: ChatState) -> ChatState:
     if state.get("route") == Route.consult and screen_output(state.get("draft", "")).red_flag:
         # The model's own text speaks of an emergency: never leave it without the advice.
         answer = f"{answer}\n\n{prompts.POST_CHECK_ADVICE[state.get('language', 'en')]}"
+    unscreened = (state.get("triage") or {}).get("unscreened_language")
+    if unscreened and state["actor"]["role"] == "patient" and state.get("route") != Route.escalate:
+        answer = f"{answer}\n\n{prompts.UNSCREENED_NOTICE.format(language=language_name(unscreened))}"
     return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
 
 

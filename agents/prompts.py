@@ -96,3 +96,10 @@ POST_CHECK_ADVICE = {
     "en": "If your symptoms are severe or getting worse, seek in-person medical care promptly.",
     "zh": "如果症状严重或正在加重，请及时就医。",
 }
+
+# Said under an answer to a message in a language the red-flag screen does not read (tools.triage.language).
+UNSCREENED_NOTICE = (
+    "This message looks like {language}. The safety check here reads only English and Chinese, so it was "
+    "not checked for warning signs. If this may be an emergency, call your local emergency number (for "
+    "example 112, 911 or 999) now. You can also write in English or Chinese."
+)

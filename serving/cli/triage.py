@@ -14,11 +14,20 @@ if TYPE_CHECKING:
     from tools.triage import TriageResult
 
 
-def _show(result: TriageResult, json_out: bool) -> None:
+def _show(result: TriageResult, json_out: bool, text: str) -> None:
+    from tools.triage.language import language_name, unscreened_language
+
+    unscreened = unscreened_language(text)
     if json_out:
-        typer.echo(json.dumps(result.model_dump(), ensure_ascii=False))
+        shown = {**result.model_dump(), "unscreened_language": unscreened}
+        typer.echo(json.dumps(shown, ensure_ascii=False))
         return
     from tools.triage import ADVICE, CATEGORIES
+
+    if unscreened and result.condition is None:  # the rules read English and Chinese: no level means anything
+        typer.echo(f"NOT SCREENED: the message looks like {language_name(unscreened)} ({unscreened})")
+        typer.echo("  the rules read English and Chinese only; no level can be given")
+        return
 
     if result.condition is not None and result.category is not None:
         head = "RED FLAG" if result.red_flag else result.level.upper().replace("_", " ")
@@ -44,25 +53,26 @@ def triage_command(
         typer.Option(
             "--json",
             help='One JSON object per message: {"red_flag", "category", "level", "condition", "evidence", '
-            '"sources", "reasons", ...}.',
+            '"sources", "reasons", "unscreened_language" (a language the rules do not read), ...}.',
         ),
     ] = False,
 ) -> None:
     """Screen a message: urgency level (emergency / urgent / routine / self_care), the condition, the
-    evidence and its sources — English and Chinese, from the knowledge base in tools/triage/kb/."""
+    evidence and its sources — English and Chinese, from the knowledge base in tools/triage/kb/. A message
+    in another language is marked NOT SCREENED."""
     from tools.triage import KnowledgeError, triage
 
     if not text.strip():
         fail("error: TEXT is empty; give the message to screen, or - to read messages from stdin")
     try:
         if text != "-":
-            _show(triage(text), json_out)
+            _show(triage(text), json_out, text)
             return
         # Line by line, answering each before reading the next: usable as a filter on a live stream.
         for line in iter(sys.stdin.readline, ""):
             message = line.strip()
             if message:
-                _show(triage(message), json_out)
+                _show(triage(message), json_out, message)
     except KnowledgeError as exc:
         fail(f"error: the triage knowledge base does not load: {exc}")
 

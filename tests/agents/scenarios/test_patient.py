@@ -97,6 +97,22 @@ def test_a_chinese_consultation_is_answered_in_chinese(api) -> None:
     assert urgent["escalated"] is True and "120" in urgent["answer"] and "疑似心脏病发作" in urgent["answer"]
 
 
+def test_a_message_the_screen_cannot_read_says_it_was_not_screened(api) -> None:
+    """Spanish chest pain finds no English or Chinese rule: the answer must not let silence read as
+    "nothing urgent" — it says the message went unscreened and gives the emergency number."""
+    client, people, _ = api
+    consultation = new_consultation(client, people.pam)
+    spanish = "Me duele mucho el pecho y el brazo izquierdo desde anoche"
+    body = say(client, people.pam, consultation, spanish).json()
+    assert body["triage"]["unscreened_language"] == "es", body["triage"]
+    assert "looks like Spanish" in body["answer"] and "not checked for warning signs" in body["answer"]
+    assert "112, 911 or 999" in body["answer"]
+    # English and Chinese are screened as ever, with no such note.
+    for text in ("I have had a mild sore throat since Monday", "我咳嗽三天了，晚上比较厉害"):
+        plain = say(client, people.pam, consultation, text).json()
+        assert plain["triage"]["unscreened_language"] is None and "safety check" not in plain["answer"]
+
+
 def test_answers_stream_over_sse(api) -> None:
     client, people, _ = api
     consultation = new_consultation(client, people.pam)

@@ -93,6 +93,17 @@ def test_cli_human_readable(cli: typer.Typer) -> None:
     assert calm.exit_code == 0 and not calm.output.startswith("RED FLAG")
 
 
+def test_cli_says_when_a_message_is_in_a_language_the_rules_do_not_read(cli: typer.Typer) -> None:
+    text = "Mi madre tiene dolor de pecho y le cuesta respirar"
+    shown = CliRunner().invoke(cli, ["triage", text])
+    assert shown.exit_code == 0 and shown.output.startswith("NOT SCREENED"), shown.output
+    assert "Spanish" in shown.output and "SELF CARE" not in shown.output
+    payload = json.loads(CliRunner().invoke(cli, ["triage", "--json", text]).output)
+    assert payload["unscreened_language"] == "es"
+    english = json.loads(CliRunner().invoke(cli, ["triage", "--json", "a mild rash on my arm"]).output)
+    assert english["unscreened_language"] is None
+
+
 def test_cli_refuses_an_empty_message(cli: typer.Typer) -> None:
     for text in ("", "   "):
         result = CliRunner().invoke(cli, ["triage", text])
