@@ -211,20 +211,22 @@ class FineTuneService:
         token = self.services.backends.locks.acquire(_job_lock(request.plugin), self._lock_ttl())
         if token is None:
             raise Conflict(f"a fine-tune of {request.plugin} is already running; one job per plugin")
+        config = {
+            "method": request.method,
+            "since": request.since.isoformat() if request.since else None,
+            "min_examples": request.min_examples or self.config.min_examples,
+            "epochs": request.epochs,
+            "datasets": list(request.datasets),
+            "feedback": request.feedback,
+        }
         try:
+            # Curated rows are files: read before the transaction, whose audit rows hold the chain's head.
+            selection = self._selection_args(config)
             with self._records(principal) as records:
                 if records.active_jobs(request.plugin):
                     raise Conflict(f"a fine-tune of {request.plugin} is already running; one job per plugin")
                 champion = self._ensure_champion(records, request.plugin, model_info.adapter_versions)
-                config = {
-                    "method": request.method,
-                    "since": request.since.isoformat() if request.since else None,
-                    "min_examples": request.min_examples or self.config.min_examples,
-                    "epochs": request.epochs,
-                    "datasets": list(request.datasets),
-                    "feedback": request.feedback,
-                }
-                shortfall = self._shortfall(records, request.plugin, champion.version, config)
+                shortfall = self._shortfall(records, request.plugin, champion.version, config, selection)
                 if shortfall is None:
                     job = records.create_job(request.plugin, config, champion_version=champion.version)
                     records.touch_job(job.id, runner=self.runner_id)
@@ -264,7 +266,9 @@ class FineTuneService:
         curated = {name: curated_rows(library, name, pixels) for name in config.get("datasets") or ()}
         return {"since": since, "curated": curated, "feedback": config.get("feedback", True)}
 
-    def _shortfall(self, records: Records, plugin: str, champion_version: str, config: dict) -> str | None:
+    def _shortfall(
+        self, records: Records, plugin: str, champion_version: str, config: dict, selection: dict[str, Any]
+    ) -> str | None:
         """Why a job of ``config`` could not train, counted as its worker will count (feedback only grows
         until the job snapshots it), or None. Saves the admin a job that starts only to fail."""
         from tools.finetune.dataset import split_of
@@ -272,7 +276,6 @@ class FineTuneService:
         from tools.finetune.refresh import METHOD_KINDS, too_few_rows
 
         kinds = METHOD_KINDS[config.get("method") or "all"]
-        selection = self._selection_args(config)
         rows = select_rows(
             records, plugin, self.services.pixels, since_version=champion_version, **selection
         ).rows
