@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections.abc import Iterator
 from enum import StrEnum
@@ -58,6 +59,16 @@ class AskRequest(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
     stop: list[str] = Field(default_factory=list, max_length=8, description="End the answer before these.")
     complex: bool = Field(default=False, description="Flagged complex: a cascade goes to the large model.")
+
+
+# Byte-level tokenizers decode some ids to control characters (the tiny model's id 190 is NUL). None is
+# text for a reader: NUL cannot be stored in PostgreSQL (a failed turn), escapes drive terminals.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def readable(text: str) -> str:
+    """Model text as people get it: line breaks and tabs kept, other control characters dropped."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 class AskResult(BaseModel):
@@ -239,7 +250,7 @@ class InProcessHealthGPT:
 
     def to_result(self, answer: Answer) -> AskResult:
         return AskResult(
-            text=answer.text,
+            text=readable(answer.text),
             token_ids=answer.token_ids,
             mean_logprob=min(0.0, answer.mean_logprob),
             provenance=self._provenance(answer.plugin, answer.seconds, answer.adapter_version),
@@ -265,8 +276,8 @@ class InProcessHealthGPT:
         job = self.submit(request)
         try:
             for event in job.tokens(self.timeout_s):
-                if event.text:
-                    yield AskChunk(delta=event.text)
+                if delta := readable(event.text or ""):
+                    yield AskChunk(delta=delta)
             yield AskChunk(result=self.to_result(job.result(self.timeout_s)))
         finally:
             if not job.done:

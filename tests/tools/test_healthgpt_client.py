@@ -150,3 +150,27 @@ def test_closing_a_stream_early_cancels_the_request(small) -> None:
     while small.engine.active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert small.engine.active == 0
+
+
+def test_control_characters_the_tokenizer_decodes_never_reach_a_reader(tiny_model: HealthGPT) -> None:
+    """The tiny byte-level tokenizer decodes id 190 to NUL (PostgreSQL cannot store it) and 217 to ESC: a
+    model made to emit only them answers, streamed and whole, with neither."""
+    import torch
+
+    model = HealthGPT(tiny_model.spec.model_copy(deep=True))  # its own weights, changed below
+    nul, esc = 190, 217
+    assert model.tokenizer.decode([nul]) == "\x00" and model.tokenizer.decode([esc]) == "\x1b"
+    head = model.llm.get_output_embeddings()
+    # A head of its own (not tied to the embedding) where only NUL and ESC score, with opposite signs:
+    # whatever the hidden state, one of the two wins every step.
+    rows = torch.zeros_like(head.weight)
+    rows[nul], rows[esc] = 1.0, -1.0
+    head.weight = torch.nn.Parameter(rows, requires_grad=False)
+    client = InProcessHealthGPT(model)
+    request = AskRequest(question="hello", max_new_tokens=4)
+    whole = client.ask(request)
+    assert set(whole.token_ids) <= {nul, esc}, whole.token_ids  # the model did emit them
+    assert whole.text == "" and not any(ord(c) < 32 for c in whole.text)
+    streamed = list(client.ask_stream(request))
+    assert [chunk.result is not None for chunk in streamed] == [True]  # no empty pieces, only the result
+    assert streamed[-1].result is not None and streamed[-1].result.text == ""
