@@ -86,6 +86,8 @@ def ask(
     as_json: JsonFlag = False,
 ) -> None:
     """Greedy answer: the generated token ids and their text."""
+    from tools.healthgpt import readable
+
     model, answer = _call(
         spec,
         image,
@@ -95,7 +97,7 @@ def ask(
     )
     _emit(
         {
-            "text": answer.text,
+            "text": readable(answer.text),  # the ids below keep what the model emitted
             "token_ids": answer.token_ids,
             "model": model.spec.name,
             "plugin": plugin,
