@@ -142,6 +142,14 @@ def test_generate_accept_and_the_capture_lands_in_the_original_study(api, orthan
     text_only = client.post(f"/v1/studies/{study_id}/images", json={"task": "text_to_image"},
                             headers=auth(people.dr_doe))  # fmt: skip
     assert text_only.status_code == 422
+    # A conversion from the other modality than the study's is refused, naming both.
+    wrong = client.post(
+        f"/v1/studies/{study_id}/images", json={"task": "mri_to_ct"}, headers=auth(people.dr_doe)
+    )
+    assert (
+        wrong.status_code == 422
+        and wrong.json()["detail"] == "task: mri_to_ct converts an MRI; this study is CT"
+    )
 
 
 def test_an_uploaded_study_is_accepted_with_nothing_to_push(api) -> None:

@@ -73,14 +73,20 @@ def _rendered(pixels: PixelStore, metadata: dict[str, Any], number: int, total: 
     raise Problem(422, f"slice: slice {number} of this study cannot be rendered; leave it out (key slice)")
 
 
+# A conversion starts from one modality; the study's own (when it says) must be that one.
+_CONVERTS_FROM = {"ct_to_mri": ("CT", "a CT"), "mri_to_ct": ("MR", "an MRI")}
+
+
 def _source_slice(
-    services: GatewayServices, principal: Principal, study_id: int, wanted: int | None
+    services: GatewayServices, principal: Principal, study_id: int, wanted: int | None, task: str
 ) -> SourceSlice:
     """The picture to generate from: the study's key (middle) slice, or the slice asked for. Every one is
     de-identified: the study's own pictures, or rendered from its de-identified DICOM."""
     with records_for(services, principal) as records:
         study = records.get_study(study_id)  # outside the care team: 404, audited
-        metadata, key_png = dict(study.deidentified_metadata or {}), study.pixel_key
+        metadata, key_png, modality = dict(study.deidentified_metadata or {}), study.pixel_key, study.modality
+    if task in _CONVERTS_FROM and modality and modality.upper() != _CONVERTS_FROM[task][0]:
+        raise Problem(422, f"task: {task} converts {_CONVERTS_FROM[task][1]}; this study is {modality}")
     total = int(metadata.get("slice_count") or 1)
     key_number = total // 2 + 1  # the intake keeps the middle slice (frame) as the study's picture
     number = wanted or key_number
@@ -138,7 +144,7 @@ async def generate_image(
     """Generate an image from the study's key slice (or ``slice``): reconstruction, super-resolution, CT to
     MRI or MRI to CT. Physicians of the patient's care team; the image is PRELIMINARY until reviewed
     (``POST …/images/{image_id}/review``)."""
-    source = await run_in_threadpool(_source_slice, services, principal, study_id, body.slice)
+    source = await run_in_threadpool(_source_slice, services, principal, study_id, body.slice, body.task)
     request = ImageRequest(task=ImageTask(body.task), image=source.png)
     result = await asyncio.to_thread(services.model.generate_image, request)
     return await run_in_threadpool(_record, services, principal, study_id, body.task, source, result)
