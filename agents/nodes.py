@@ -356,15 +356,30 @@ def _presented(text: str, provenance: dict[str, Any], language: str, *, prelimin
     return text, disclaimer
 
 
-def post_check(state: ChatState) -> ChatState:
+def post_check(state: ChatState, runtime: Runtime[TurnContext]) -> ChatState:
     answer = state["answer"]
+    update: ChatState = {}
     if state.get("route") == Route.consult and screen_output(state.get("draft", "")).red_flag:
         # The model's own text speaks of an emergency: never leave it without the advice.
         answer = f"{answer}\n\n{prompts.POST_CHECK_ADVICE[state.get('language', 'en')]}"
     unscreened = (state.get("triage") or {}).get("unscreened_language")
     if unscreened and state["actor"]["role"] == "patient" and state.get("route") != Route.escalate:
-        answer = f"{answer}\n\n{prompts.UNSCREENED_NOTICE.format(language=language_name(unscreened))}"
-    return {"answer": answer, "messages": [{"role": "assistant", "content": answer}]}
+        language = language_name(unscreened)
+        answer = f"{answer}\n\n{prompts.UNSCREENED_NOTICE.format(language=language)}"
+        if not state.get("unscreened_notified"):
+            # What no rule could read, a person reads: the care team hears once per consultation.
+            with runtime.context.open_records() as records:
+                notified = records.notify_care_team(
+                    state["consultation_id"],
+                    "unscreened",
+                    f"A message in {language} could not be screened for warning signs in consultation "
+                    f"{state['consultation_id']}: please read it",
+                )
+            update = {
+                "unscreened_notified": True,
+                "tool_results": {**(state.get("tool_results") or {}), "notified_unscreened": notified},
+            }
+    return {**update, "answer": answer, "messages": [{"role": "assistant", "content": answer}]}
 
 
 def _category_labels(category: str, language: str) -> tuple[str, str]:

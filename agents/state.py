@@ -56,3 +56,4 @@ class ChatState(InputState, total=False):
     answer: str
     disclaimer: str
     escalated: bool
+    unscreened_notified: bool  # the care team was told of a message the screen could not read

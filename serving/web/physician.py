@@ -35,7 +35,8 @@ from serving.web.session import checked_form, page_role
 
 router = APIRouter(prefix=WEB_PREFIX + "/physician", include_in_schema=False)
 PhysicianUser = Annotated[Principal, Depends(page_role(Role.physician))]
-RED_FLAGS = {"red_flag", "same_day"}
+# Shown highlighted: what needs a person soon (an unscreened message may hide a red flag).
+RED_FLAGS = {"red_flag", "same_day", "unscreened"}
 
 
 def care_team(records: Records, physician_id: int) -> list[int]:

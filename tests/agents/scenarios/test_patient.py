@@ -107,6 +107,16 @@ def test_a_message_the_screen_cannot_read_says_it_was_not_screened(api) -> None:
     assert body["triage"]["unscreened_language"] == "es", body["triage"]
     assert "looks like Spanish" in body["answer"] and "not checked for warning signs" in body["answer"]
     assert "112, 911 or 999" in body["answer"]
+    # A person reads what no rule could: the care team hears of it, once per consultation.
+    assert body["tool_results"]["notified_unscreened"], body["tool_results"]
+    notes = client.get("/v1/notifications", headers=auth(people.dr_doe)).json()
+    unscreened = [n for n in notes if n["kind"] == "unscreened" and n["consultation_id"] == consultation]
+    assert len(unscreened) == 1 and "Spanish" in unscreened[0]["text"], notes
+    again = say(client, people.pam, consultation, "Ahora también me falta el aire y estoy mareado").json()
+    assert again["triage"]["unscreened_language"] == "es", again["triage"]
+    assert "notified_unscreened" not in again["tool_results"]
+    notes = client.get("/v1/notifications", headers=auth(people.dr_doe)).json()
+    assert sum(n["kind"] == "unscreened" and n["consultation_id"] == consultation for n in notes) == 1
     # English and Chinese are screened as ever, with no such note.
     for text in ("I have had a mild sore throat since Monday", "我咳嗽三天了，晚上比较厉害"):
         plain = say(client, people.pam, consultation, text).json()
