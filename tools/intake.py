@@ -70,7 +70,9 @@ def ingest_dicom(
         dataset = read_dataset(data, max_bytes)  # size-capped, truncation and deflate-bomb checked
     except DicomError as exc:
         raise DicomRejected(exc.reason, str(exc)) from exc
-    why = derived_object(str(dataset.get("SOPClassUID", "")))
+    meta = getattr(dataset, "file_meta", None)
+    stored_as = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    why = derived_object(str(dataset.get("SOPClassUID") or stored_as or ""))
     if why is not None:
         raise DicomRejected(
             "derived_object", f"{why}, not an image to read; upload the images it was made from"

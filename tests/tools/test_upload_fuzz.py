@@ -72,6 +72,8 @@ def rejected(data: bytes, burned_in: str = "refuse") -> DicomRejected:
 def test_derived_objects_are_not_images_to_read(name: str) -> None:
     refusal = rejected(real(name))
     assert refusal.reason == "derived_object" and "upload the images it was made from" in str(refusal)
+    # Told by the file meta alone as well, when the dataset does not repeat its SOP Class UID.
+    assert rejected(without(real(name), 0x00080016)).reason == "derived_object"
 
 
 # -------------------------------------------------------------------------- transfer syntax defects
