@@ -32,10 +32,23 @@ class Stopped(BaseException):
     """SIGINT or SIGTERM arrived: unwind from wherever start-up is, through every ``finally``."""
 
 
+# Set by the handler before it raises: Python drops an exception raised where it cannot propagate (a
+# signal that lands in a garbage collector's __del__ was seen to lose SIGTERM during start-up), so every
+# stage of start-up and the idle wait also check this.
+_STOP_REQUESTED = threading.Event()
+
+
 def _stop(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
+    _STOP_REQUESTED.set()
     typer.echo(f"{name}: shutting down ...")  # now, not after the teardown it starts
     raise Stopped(name)
+
+
+def _check_stop() -> None:
+    """Raise :class:`Stopped` if a signal asked to stop and its own exception was lost on the way."""
+    if _STOP_REQUESTED.is_set():
+        raise Stopped("signal")
 
 
 def _stop_on_signals() -> None:
@@ -141,6 +154,7 @@ def _ray(settings: Settings) -> Iterator[None]:
         fail(f"ray: cannot start or reach Ray at {settings.ray.address or 'a local instance'}: {exc}")
     _stop_on_signals()  # again: ray.init installs its own SIGTERM handler in a driver
     try:
+        _check_stop()
         yield
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping: leave at once
@@ -212,6 +226,7 @@ def _wait_until_running(timeout_s: float) -> None:
 
     deadline = time.monotonic() + timeout_s
     while True:
+        _check_stop()
         application = serve.status().applications.get(APP_NAME)
         state = str(application.status) if application else "NOT_STARTED"
         if state.endswith("RUNNING"):
@@ -273,6 +288,7 @@ def serve_command(
         if settings.ray.address is None:  # a local Ray: its HTTP proxy listens on this machine
             _check_port_free(settings.host, settings.port)
         token, token_given = _prepare(settings)
+        _check_stop()
         from ray import serve
 
         from serving.deployments import build_application, configured_deployments
@@ -290,8 +306,9 @@ def serve_command(
             )
             _wait_until_running(settings.ray.startup_timeout_s)
             _announce(settings, token, token_given, started)
-            while True:
-                time.sleep(3600)
+            while not _STOP_REQUESTED.wait(3600):
+                pass
+            _check_stop()
     except Stopped:
         pass  # announced by the handler; everything is torn down on the way here
     except SystemExit as leaving:
