@@ -17,6 +17,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+from tools.triage.text import language_of
+
 SCREENED = frozenset({"en", "zh"})
 MIN_LATIN_LETTERS = 12  # below this a Latin-script guess is too often wrong to act on
 MIN_CONFIDENCE = 0.9
@@ -47,7 +49,7 @@ def unscreened_language(text: str) -> str | None:
     share = {name: count / len(letters) for name, count in scripts.items()}
     if share.get("kana", 0.0) >= 0.2:  # Japanese writes kanji too: kana tell it from Chinese
         return "ja"
-    if share.get("cjk", 0.0) >= 0.3:  # the screen reads it as Chinese (tools.triage.text.language_of)
+    if language_of(text) == "zh":  # the screen reads it as Chinese
         return None
     if share.get("latin", 0.0) >= 0.5:
         if len(letters) < MIN_LATIN_LETTERS:
